@@ -36,6 +36,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     method: str = "acert"
     model: str | None = None  # None: the dataset's default architecture
+    width: int | None = None  # None: the architecture's default width
     data_dir: str = "./data"
     download: bool = True
     epochs: int = 10
@@ -70,6 +71,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_acr_samples: int = 500
     eval_test_at_end: bool = True
+    test_samples: int | None = None  # None: certify the whole test set at the end
     ibp_init: bool = True
     train_subset: int | None = None
     synthetic_size: int = 2048

@@ -69,19 +69,19 @@ def solve_radius(
         if not active.any():
             break
         idx = active.nonzero().squeeze(1)
-        l, h, gl, gh = lo[idx], hi[idx], g_lo[idx], g_hi[idx]
-        width = h - l
-        tol = 0.5 * torch.clamp(rel_tol * h, min=abs_tol)
-        secant = l + gl * width / (gl - gh)  # gl > 0 >= gh, so the denominator is > 0
-        step = torch.where(slow[idx] | ~torch.isfinite(secant), (l + h) / 2, secant)
-        step = torch.minimum(torch.maximum(step, l + tol), h - tol)
+        a, b, ga, gb = lo[idx], hi[idx], g_lo[idx], g_hi[idx]
+        width = b - a
+        tol = 0.5 * torch.clamp(rel_tol * b, min=abs_tol)
+        secant = a + ga * width / (ga - gb)  # ga > 0 >= gb, so the denominator is > 0
+        step = torch.where(slow[idx] | ~torch.isfinite(secant), (a + b) / 2, secant)
+        step = torch.minimum(torch.maximum(step, a + tol), b - tol)
         g = f(idx, step) - thr[idx]
         ok = g > 0
-        new_l, new_h = torch.where(ok, step, l), torch.where(ok, h, step)
-        lo[idx], hi[idx] = new_l, new_h
-        g_lo[idx] = torch.where(ok, g, gl)
-        g_hi[idx] = torch.where(ok, gh, g)
-        slow[idx] = (new_h - new_l) > 0.5 * width
+        new_a, new_b = torch.where(ok, step, a), torch.where(ok, b, step)
+        lo[idx], hi[idx] = new_a, new_b
+        g_lo[idx] = torch.where(ok, g, ga)
+        g_hi[idx] = torch.where(ok, gb, g)
+        slow[idx] = (new_b - new_a) > 0.5 * width
     return lo
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from trainers.bounds.engine import (
     AFFINE_PER_CHANNEL,
     BoundContext,
+    _affine_of,
     clean_pass,
     input_box,
     layers_of,
@@ -94,7 +95,7 @@ def crown_ibp_margins(
         elif isinstance(layer, nn.Conv2d):
             a, extra = _back_conv(a, layer, shapes[i])
         elif isinstance(layer, AFFINE_PER_CHANNEL):
-            scale, shift = ctx.affines[i]
+            scale, shift = _affine_of(i, layer, ctx, None, False)
             view = (1, 1, -1) + (1,) * (a.dim() - 3)
             extra = _sum_rest(a * shift.view(view))
             a = a * scale.view(view)

@@ -1,0 +1,116 @@
+"""The training loop, the methods and ACERT's adaptive radii, on the synthetic data set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.certify import certified_radii
+from trainers.config import TrainConfig
+from trainers.methods import TRAINING_METHODS
+from trainers.methods.acert import adaptive_radii
+from trainers.models import build_model, load_model
+from trainers.train import DivergedError, main, run_training
+
+QUICK = {"dataset": "synthetic", "synthetic_size": 512, "epochs": 3, "std_epochs": 1, "ramp_epochs": 1,
+         "batch_size": 64, "val_acr_samples": 64, "device": "cpu", "threads": 1, "lr": 1e-2}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(TRAINING_METHODS))
+def test_every_method_trains_and_writes_a_reloadable_checkpoint(method, tmp_path):
+    cfg = TrainConfig(method=method, **QUICK)
+    seen = []
+    final = run_training(cfg, output_dir=tmp_path, on_epoch=lambda m, out: seen.append(m), log=quiet)
+    assert [m["epoch"] for m in seen] == [1, 2, 3] and final["done"] is True
+    for key in ("train_loss", "train_acc", "mean_radius", "eps_max", "val_acc", "val_acr", "val_acr_norm",
+                "test_acc", "test_acr", "epoch_time_s"):
+        assert key in final
+    assert final["val_acc"] > 0.5  # separable data: every method learns something
+    model, meta = load_model(tmp_path / "model.pt")
+    assert meta["config"]["method"] == method and not model.training
+    if method != "standard":
+        assert final["eps_max"] == pytest.approx(cfg.train_max_eps)
+
+
+def test_training_is_deterministic_and_resume_reproduces_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(method="acert", **QUICK)
+    ref = run_training(cfg, output_dir=tmp_path / "a", log=quiet)
+    assert run_training(cfg, output_dir=tmp_path / "b", log=quiet)["val_acr"] == ref["val_acr"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(m, out):
+        if m["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_training(cfg, output_dir=tmp_path / "c", on_epoch=stop_after_two, log=quiet)
+    epochs = []
+    resumed = run_training(cfg, output_dir=tmp_path / "c", on_epoch=lambda m, o: epochs.append(m["epoch"]),
+                           log=quiet)
+    assert epochs == [3]
+    for key in ("train_loss", "val_acc", "val_acr", "test_acr"):
+        assert resumed[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7)
+
+
+def test_nan_loss_raises_diverged(tmp_path):
+    cfg = TrainConfig(method="ibp", **{**QUICK, "lr": 1e30, "grad_clip": 0.0, "std_epochs": 0})
+    with pytest.raises(DivergedError, match="loss is nan|loss is inf"):
+        run_training(cfg, output_dir=tmp_path, log=quiet)
+
+
+def test_adaptive_radii_are_capped_certified_radii_and_zero_when_misclassified():
+    torch.manual_seed(0)
+    net = build_model("cnn_tiny", input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.3,)).eval()
+    x = torch.rand(48, 1, 8, 8)
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[:8] = (y[:8] + 1) % 3
+    cert, _ = certified_radii(net, x, y, eps_cap=1.0, rel_tol=1e-6)
+    cap = float(cert[8:].median())  # half of the correct samples reach the cap
+    radii = adaptive_radii(net, x, y, cap, iters=60, rel_tol=1e-6)
+    assert (radii[:8] == 0).all()
+    assert (radii <= cap).all() and (radii == cap).sum() >= 15
+    # below the cap the adaptive radius is the certified radius (safety margin aside)
+    below = cert[8:] < cap * 0.99
+    torch.testing.assert_close(radii[8:][below], cert[8:][below], rtol=1e-3, atol=1e-6)
+
+
+def test_acert_trains_samples_at_their_own_radius(tmp_path):
+    cfg = TrainConfig(method="acert", **{**QUICK, "epochs": 4, "ramp_epochs": 2})
+    hist = []
+    run_training(cfg, output_dir=tmp_path, on_epoch=lambda m, o: hist.append(m), log=quiet)
+    # during the ramp the mean adaptive radius is positive and never exceeds the cap
+    assert all(0.0 <= m["mean_radius"] <= m["eps_max"] * (1 + 1e-6) for m in hist)  # float32 cap
+    assert hist[-1]["mean_radius"] > 0
+
+
+def test_config_rejects_bad_values_by_name():
+    with pytest.raises(ValueError, match="dataset='imagenet'"):
+        TrainConfig(dataset="imagenet")
+    with pytest.raises(ValueError, match="kappa=1.5"):
+        TrainConfig(kappa=1.5)
+    with pytest.raises(ValueError, match="method='sabr'"):
+        TrainConfig(method="sabr")
+    cfg = TrainConfig.from_dict({"dataset": "synthetic", "lr": 0.01, "target": 0.9})
+    assert cfg.lr == 0.01 and cfg.extra == {"target": 0.9}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_bad_input_exits_2_and_runs(tmp_path, capsys):
+    assert main(["--dataset", "nope", "--output-dir", str(tmp_path)]) == 2
+    assert "dataset='nope'" in capsys.readouterr().err
+    missing = tmp_path / "empty"
+    assert main(["--dataset", "mnist", "--no-download", "--data-dir", str(missing), "--output-dir",
+                 str(tmp_path / "o")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    rc = main(["--dataset", "synthetic", "--synthetic-size", "256", "--epochs", "2", "--method", "ibp",
+               "--output-dir", str(tmp_path / "run"), "--device", "cpu"])
+    assert rc == 0 and "final:" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.pt").exists()

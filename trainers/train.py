@@ -1,0 +1,234 @@
+"""The training loop, its command line, and the Ray Tune trainable.
+
+    python -m trainers.train --dataset mnist --method acert --epochs 10 --output-dir OUT
+
+Each epoch: one pass over the training split (the method computes the loss), then clean
+accuracy on the validation split and ACR on a validation subset; ``OUT/model.pt`` (rebuild
+with ``model, meta = trainers.models.load_model("OUT/model.pt")``) and ``OUT/state.pt``
+(optimiser and schedule, for resuming) are rewritten. After the last epoch the test split
+is certified (reported only: selection uses validation figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers.certify import evaluate
+from trainers.config import DATASET_DEFAULTS, TrainConfig
+from trainers.data import DataMissingError, Splits, iterate_batches, load_splits
+from trainers.methods import get_method
+from trainers.models import build_model, ibp_init, pick_device, save_checkpoint
+
+EpochCallback = Callable[[dict[str, Any], Path], None]
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: the trial ends as FAILED with this message."""
+
+
+def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequential:
+    spec = splits.spec
+    model = build_model(cfg.model_name, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                        mean=spec.mean, std=spec.std, width=cfg.width)
+    if cfg.ibp_init and cfg.method != "standard":
+        ibp_init(model)
+    return model.to(device)
+
+
+def _save(out: Path, model: nn.Sequential, cfg: TrainConfig, splits: Splits, opt, sched, epoch: int, history) -> None:
+    spec = splits.spec
+    save_checkpoint(out / "model.pt", model, arch=cfg.model_name, input_shape=list(spec.input_shape),
+                    num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), width=cfg.width,
+                    config=cfg.to_dict(), extra={"epoch": epoch})
+    tmp = out / "state.pt.tmp"
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                "history": history, "model": model.state_dict()}, tmp)
+    tmp.replace(out / "state.pt")
+
+
+def validate(model: nn.Sequential, splits: Splits, cfg: TrainConfig, device: torch.device, split: str) -> dict:
+    """Clean accuracy on the whole split, ACR and certified accuracy on its first samples."""
+    x, y = (splits.x_val, splits.y_val) if split == "val" else (splits.x_test, splits.y_test)
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in
+                      iterate_batches(x, y, 1024, shuffle=False, generator=None, device=device))
+    n_cert = cfg.val_acr_samples if split == "val" else (cfg.test_samples or x.shape[0])
+    d = DATASET_DEFAULTS[cfg.dataset]
+    res = evaluate(model, x[:n_cert], y[:n_cert], eps_cap=d["eps_cap"], cert_eps=d["cert_eps"],
+                   max_eps=d["max_eps"], method=cfg.cert_method, rel_tol=cfg.cert_rel_tol, device=device)
+    out = {f"{split}_acc": correct / max(1, x.shape[0]), f"{split}_acr": res["acr"],
+           f"{split}_acr_norm": res["acr_norm"]}
+    out.update({f"{split}_cert_acc@{e}": v for e, v in res["cert_acc"].items()})
+    return out
+
+
+def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCallback | None = None,
+                 resume: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` into ``output_dir``; resumes from ``output_dir/state.pt`` when present."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
+                         seed=cfg.seed, train_subset=cfg.train_subset, synthetic_size=cfg.synthetic_size)
+    model = build(cfg, splits, device)
+    steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
+    method = get_method(cfg.method)(cfg, steps_per_epoch)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    start, history = 0, []
+    if resume and (out / "state.pt").exists():
+        state = torch.load(out / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["epoch"], state["history"]
+        log(f"resuming {out} after epoch {start}")
+    augment = cfg.dataset in ("cifar10", "tinyimagenet")
+    for epoch in range(start, cfg.epochs):
+        metrics = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, augment)
+        metrics.update(validate(model, splits, cfg, device, "val"))
+        if epoch == cfg.epochs - 1:
+            if cfg.eval_test_at_end:
+                metrics.update(validate(model, splits, cfg, device, "test"))
+            metrics["done"] = True
+        history.append(metrics)
+        _save(out, model, cfg, splits, opt, sched, epoch + 1, history)
+        log(format_metrics(metrics))
+        if on_epoch is not None:
+            on_epoch(metrics, out)
+    return history[-1] if history else {}
+
+
+def train_epoch(model, method, opt, sched, splits: Splits, cfg: TrainConfig, epoch: int, device, augment: bool):
+    t0 = time.perf_counter()
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # epoch-seeded: resumable
+    n, loss_sum, correct, radius_sum, eps_max = 0, 0.0, 0, 0.0, 0.0
+    batches = iterate_batches(splits.x_train, splits.y_train, cfg.batch_size, shuffle=True, generator=gen,
+                              device=device, augment=augment)
+    for i, (x, y) in enumerate(batches):
+        step = epoch * method.steps_per_epoch + i
+        res = method.step(model, x, y, step)
+        loss = res.loss.item()  # sync point: a NaN must stop the trial before it reaches the weights
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss is {loss} at epoch {epoch + 1}, step {step} (eps_max={res.eps_max:.4g})")
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        b = y.shape[0]
+        n += b
+        loss_sum += loss * b
+        correct += int((res.logits.argmax(1) == y).sum())
+        radius_sum += float(res.mean_radius) * b
+        eps_max = res.eps_max
+    return {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "mean_radius": radius_sum / n,
+            "eps_max": eps_max, "lr": sched.get_last_lr()[0], "epoch_time_s": time.perf_counter() - t0}
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    keys = ("epoch", "train_loss", "train_acc", "mean_radius", "eps_max", "val_acc", "val_acr", "test_acc",
+            "test_acr", "epoch_time_s")
+    return "  ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys if k in m)
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: reports every epoch with a checkpoint holding ``model.pt``.
+
+    A restarted trial (``FailureConfig(max_failures)`` or ``Tuner.restore``) continues from its
+    last reported checkpoint. Ray is imported here only: ``trainers`` does not depend on it.
+    """
+    import shutil
+    import tempfile
+
+    from ray import tune
+
+    cfg = TrainConfig.from_dict(config)
+    workdir = Path(tempfile.mkdtemp(prefix="acert-trial-"))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, workdir, dirs_exist_ok=True)
+
+    def report(metrics: dict[str, Any], out: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
+
+    try:
+        run_training(cfg, output_dir=workdir, on_epoch=report, resume=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- command line ------------------------------------------------------------------------
+_HELP = {
+    "dataset": "data set: mnist, fashion-mnist, cifar10, tinyimagenet, synthetic",
+    "method": "training method: standard, ibp, crown-ibp, acert",
+    "max_eps": "training radius cap (pixel units); default: the data set's (PAPER.md)",
+    "std_epochs": "epochs of standard training before the radius ramp",
+    "ramp_epochs": "epochs of the eps_max(t) ramp up to max_eps",
+    "kappa": "weight of the standard loss in (1 - kappa) L_rob + kappa L_std",
+    "kappa_final": "if set, kappa moves linearly to this value by the last epoch",
+    "reg_weight": "weight of the Shi et al. 2021 regularisers during the ramp (0 disables)",
+    "min_eps": "floor of the adaptive radii while regularising (ACERT)",
+    "root_iters": "bound evaluations per batch for the adaptive radii (ACERT)",
+    "cert_method": "bound used for validation/test certification: ibp, crown-ibp, best",
+    "val_acr_samples": "validation samples certified each epoch for the validation ACR",
+    "train_subset": "train on the first N training samples only (quick runs)",
+    "device": "auto (CUDA if available), cpu or cuda",
+    "threads": "torch CPU threads (default: torch's choice)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output-dir", required=True, help="where model.pt, state.pt are written")
+    p.add_argument("--no-download", action="store_true", help="fail if the data set is not on disk")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/state.pt exists")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("extra", "download"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            p.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=_HELP.get(f.name))
+        else:
+            conv = {"int": int, "float": float, "str": str}[kind]
+            p.add_argument(flag, type=conv, default=f.default, help=_HELP.get(f.name, " "))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k not in ("output_dir", "no_download", "no_resume")}
+    try:
+        cfg = TrainConfig(**values, download=not args.no_download)
+        final = run_training(cfg, output_dir=args.output_dir, resume=not args.no_resume)
+    except (ValueError, DataMissingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DivergedError as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return 1
+    print("final: " + format_metrics(final))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
