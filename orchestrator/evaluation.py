@@ -1,0 +1,263 @@
+"""After the search: pick each target's winner on validation, measure it on the test set, and
+publish the frontier (files, MLflow artifacts, registered models).
+
+Selection is honest: winners are chosen from validation figures only; the test set is touched
+once per winner, and those test figures are the reported frontier. Test results are cached in
+the sweep folder (``test_eval.json``) so a sweep resumed after this stage does not redo them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli import SweepConfig, format_target, is_remote_uri
+from orchestrator.pareto import TrialPoint, select_winner
+from orchestrator.searcher import measured
+from orchestrator.storage import read_text, write_text
+
+TEST_CACHE = "test_eval.json"
+
+
+@dataclass
+class MethodResults:
+    """Every trial of one method's search, with its latest checkpoint (None if it has none)."""
+
+    method: str
+    points: list[TrialPoint] = field(default_factory=list)
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+
+
+def collect_points(grid: Any, method: str) -> MethodResults:
+    """ResultGrid -> TrialPoints. A trial that errored or never reported a finite result is
+    kept as failed: it is plotted nowhere but counted in the trial totals."""
+    out = MethodResults(method)
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        m = measured(metrics, "val_acr")
+        acc, acr = m if m else (math.nan, math.nan)
+        config = {k: v for k, v in (result.config or {}).items()}
+        out.points.append(TrialPoint(trial_id, acc, acr, method, config, failed=result.error is not None))
+        if result.checkpoint is not None:
+            out.checkpoints[trial_id] = result.checkpoint
+    return out
+
+
+def evaluate_checkpoint(checkpoint: Any, test_samples: int | None, device: str) -> dict[str, float]:
+    """Test-set clean accuracy, ACR and certified accuracy of a trial's checkpoint (runs as a
+    Ray task so it gets the trial's resources, e.g. a GPU, wherever the checkpoint lives)."""
+    import torch
+
+    from trainers.certify import evaluate
+    from trainers.config import DATASET_DEFAULTS, TrainConfig
+    from trainers.data import load_splits
+    from trainers.models import load_model, pick_device
+
+    with checkpoint.as_directory() as d:
+        model, meta = load_model(Path(d) / "model.pt")
+    cfg = TrainConfig.from_dict(meta["config"])
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    splits = load_splits(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        synthetic_size=cfg.synthetic_size,
+    )
+    n = test_samples or splits.x_test.shape[0]
+    d = DATASET_DEFAULTS[cfg.dataset]
+    dev = pick_device(device)
+    res = evaluate(
+        model.to(dev),
+        splits.x_test[:n],
+        splits.y_test[:n],
+        eps_cap=d["eps_cap"],
+        cert_eps=d["cert_eps"],
+        max_eps=d["max_eps"],
+        method=cfg.cert_method,
+        rel_tol=cfg.cert_rel_tol,
+        device=dev,
+    )
+    out = {
+        "test_acc": res["clean_acc"],
+        "test_acr": res["acr"],
+        "test_acr_norm": res["acr_norm"],
+        "test_n": float(n),
+        "epoch": float(meta.get("epoch", 0)),
+    }
+    out.update({f"cert_acc@{e}": v for e, v in res["cert_acc"].items()})
+    return out
+
+
+def evaluate_winners(cfg: SweepConfig, winners: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """trial id -> test figures, for every winner not already in the sweep's cache."""
+    import ray
+
+    cache_uri = f"{cfg.sweep_dir}/{TEST_CACHE}"
+    cache = json.loads(read_text(cache_uri) or "{}")
+    todo = {t: ck for t, ck in winners.items() if t not in cache}
+    if todo:
+        task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)(evaluate_checkpoint)
+        refs = {t: task.remote(ck, cfg.test_samples, cfg.device) for t, ck in todo.items()}
+        for t, ref in refs.items():
+            cache[t] = ray.get(ref)
+            write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
+    return {t: cache[t] for t in winners}
+
+
+def frontier_rows(
+    cfg: SweepConfig, results: dict[str, MethodResults], tests: dict[str, dict], run_ids: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One row per (method, target): the winner's validation and test figures, or 'infeasible'."""
+    rows = []
+    for method, res in results.items():
+        for target in cfg.accs:
+            w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
+            row: dict[str, Any] = {"dataset": cfg.dataset, "method": method, "target": target}
+            if w is None:
+                row.update(status="infeasible", trials=len(res.points))
+                rows.append(row)
+                continue
+            tuned = {k: v for k, v in w.config.items() if k not in _SHARED_KEYS}
+            row.update(
+                status="ok",
+                trial_id=w.trial_id,
+                run_id=run_ids.get(w.trial_id, ""),
+                val_acc=w.val_acc,
+                val_acr=w.val_acr,
+                **tests[w.trial_id],
+                config=tuned,
+                trials=len(res.points),
+                registered_model=f"{method}-{cfg.dataset}-acc{format_target(target)}",
+            )
+            rows.append(row)
+    return rows
+
+
+_SHARED_KEYS = {
+    "dataset",
+    "data_dir",
+    "download",
+    "device",
+    "threads",
+    "train_subset",
+    "synthetic_size",
+    "val_acr_samples",
+    "test_samples",
+}
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The frontier as a terminal table (test figures; validation accuracy for reference)."""
+    certs = sorted({k for r in rows for k in r if k.startswith("cert_acc@")}, key=lambda k: float(k[9:]))
+    head = ["dataset", "method", "target", "status", "val_acc", "test_acc", "test_acr", *certs, "trial_id"]
+    lines = [head]
+    for r in rows:
+        lines.append([_fmt(r.get(k, "")) for k in head])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def register_winners(
+    cfg: SweepConfig, rows: list[dict[str, Any]], results: dict[str, MethodResults], tracker: Any
+) -> None:
+    """Log each winner with mlflow.pytorch on the parent run and register it, once per sweep."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    from trainers.models import load_model
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    parent = tracker.parent_run()
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        name = row["registered_model"]
+        done = tracker.client.search_model_versions(f"name='{name}' and run_id='{parent}'")
+        if done:
+            row["model_uri"] = f"models:/{name}/{done[0].version}"
+            continue
+        with results[row["method"]].checkpoints[row["trial_id"]].as_directory() as d:
+            model, meta = load_model(Path(d) / "model.pt")
+        example = np.zeros((1, *meta["input_shape"]), dtype=np.float32)
+        with mlflow.start_run(run_id=parent):
+            # logged-model names may not contain '.': acc0.7 -> acc0_7
+            artifact = f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_")
+            # pickle, not pt2: certification needs the nn.Sequential layers, which an exported
+            # graph no longer has (loading needs `trainers` importable, as it is wherever this runs)
+            info = mlflow.pytorch.log_model(
+                model,
+                name=artifact,
+                registered_model_name=name,
+                serialization_format="pickle",
+                input_example=example,
+            )
+        version = info.registered_model_version
+        row["model_uri"] = f"models:/{name}/{version}"
+
+
+def publish_frontier(
+    cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any
+) -> list[dict[str, Any]]:
+    """Test-evaluate the winners and write frontier.{csv,json,png,html} to the parent run."""
+    from orchestrator.plots import Panel, write_html, write_png
+
+    winners = {}
+    for res in results.values():
+        for target in cfg.accs:
+            w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
+            if w is not None:
+                winners[w.trial_id] = res.checkpoints[w.trial_id]
+    tests = evaluate_winners(cfg, winners)
+    run_ids = {r.data.tags.get("ray.trial_id"): r.info.run_id for r in tracker.trial_runs()}
+    rows = frontier_rows(cfg, results, tests, run_ids)
+    if cfg.register_models:
+        register_winners(cfg, rows, results, tracker)
+    for row in rows:  # the winner's child run says what it won and how it did on test
+        if row["status"] == "ok" and row["run_id"]:
+            tracker.client.set_tag(row["run_id"], f"winner.acc{format_target(row['target'])}", "true")
+            tracker.log_metrics(
+                row["run_id"],
+                {f"winner_{k}".replace("@", "_at_"): v for k, v in tests[row["trial_id"]].items()},
+            )
+    panel = Panel(cfg.dataset, {m: r.points for m, r in results.items()}, rows, cfg.accs)
+    parent = tracker.parent_run()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "frontier.csv").write_text(rows_to_csv(rows))
+        (out / "frontier.json").write_text(json.dumps(rows, indent=2, default=str))
+        write_png([panel], out / "frontier.png")
+        write_html([panel], out / "frontier.html")
+        for f in sorted(out.iterdir()):
+            tracker.client.log_artifact(parent, str(f))
+            if f.suffix != ".png":  # a copy next to the Ray results, for a look without MLflow
+                write_text(f"{cfg.sweep_dir}/{f.name}", f.read_text())
+        if not is_remote_uri(cfg.sweep_dir):
+            shutil.copy(out / "frontier.png", Path(cfg.sweep_dir) / "frontier.png")
+    return rows

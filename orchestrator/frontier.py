@@ -1,0 +1,133 @@
+"""``python -m orchestrator.frontier``: frontiers of one or several datasets, from MLflow alone.
+
+    python -m orchestrator.frontier --datasets mnist,cifar10,tinyimagenet [--out frontier]
+
+For each dataset and method it takes the newest finished sweep (or ``--sweep NAME``): its
+``frontier.json`` artifact gives the winners' test figures, its child runs give every trial's
+validation point. Writes ``<out>.png`` and ``<out>.html`` (datasets side by side) and prints
+the table. Nothing is read from the Ray result folders, so it works from any machine that can
+reach the tracking server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli import _OneLineParser, _str_list, default_tracking_uri
+from orchestrator.mlflow_log import TAG_METHOD, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, experiment_name
+from orchestrator.pareto import TrialPoint
+
+
+class FrontierInputError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="python -m orchestrator.frontier", description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", required=True, help="comma-separated, e.g. mnist,cifar10")
+    p.add_argument("--methods", default=None, help="only these methods (default: all found)")
+    p.add_argument("--sweep", default=None, help="use this sweep name instead of the newest one")
+    p.add_argument(
+        "--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db"
+    )
+    p.add_argument("--out", default="frontier", help="output prefix: <out>.png and <out>.html")
+    return p
+
+
+def _parents(client: Any, exp_id: str, sweep: str | None) -> list[Any]:
+    flt = f"tags.`{TAG_ROLE}` = 'parent' and attributes.status = 'FINISHED'"
+    if sweep:
+        flt += f" and tags.`{TAG_SWEEP}` = '{sweep}'"
+    return list(client.search_runs([exp_id], flt, order_by=["attributes.start_time DESC"], max_results=1000))
+
+
+def _rows(uri: str, run_id: str) -> list[dict[str, Any]]:
+    import mlflow.artifacts
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="frontier.json", tracking_uri=uri)
+    return json.loads(Path(path).read_text())
+
+
+def _points(client: Any, exp_id: str, sweep: str, method: str) -> list[TrialPoint]:
+    from mlflow.entities import ViewType
+
+    flt = (
+        f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = 'trial' and tags.`{TAG_METHOD}` = '{method}'"
+    )
+    out = []
+    for r in client.search_runs([exp_id], flt, run_view_type=ViewType.ALL, max_results=50000):
+        m = r.data.metrics
+        out.append(
+            TrialPoint(
+                r.data.tags.get(TAG_TRIAL, r.info.run_id),
+                m.get("val_acc", math.nan),
+                m.get("val_acr", math.nan),
+                method,
+                dict(r.data.params),
+                failed=r.info.status != "FINISHED",
+            )
+        )
+    return out
+
+
+def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | None, sweep: str | None):
+    """The Panel of one dataset: per method, the newest finished sweep that ran it."""
+    from orchestrator.plots import Panel
+
+    exp = client.get_experiment_by_name(experiment_name(dataset))
+    parents = _parents(client, exp.experiment_id, sweep) if exp else []
+    if not parents:
+        raise FrontierInputError(
+            f"invalid --datasets {dataset!r}: no finished sweep"
+            f"{f' named {sweep!r}' if sweep else ''} in the tracking store"
+        )
+    rows: list[dict[str, Any]] = []
+    points: dict[str, list[TrialPoint]] = {}
+    for parent in parents:  # newest first: each method comes from the newest sweep that ran it
+        sweep_rows = _rows(uri, parent.info.run_id)
+        for method in dict.fromkeys(r["method"] for r in sweep_rows):
+            if method in points or (methods and method not in methods):
+                continue
+            points[method] = _points(client, exp.experiment_id, parent.data.tags[TAG_SWEEP], method)
+            rows += [r for r in sweep_rows if r["method"] == method]
+    if not rows:
+        raise FrontierInputError(f"invalid --methods {','.join(methods or ())!r}: none found for {dataset}")
+    return Panel(dataset, points, rows, tuple(sorted({float(r["target"]) for r in rows})))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.evaluation import format_table
+    from orchestrator.plots import write_html, write_png
+    from orchestrator.sweep import check_tracking_uri
+
+    args = build_parser().parse_args(argv)
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        datasets = _str_list(args.datasets)
+        if not datasets:
+            raise FrontierInputError(f"invalid --datasets {args.datasets!r}: give at least one")
+        check_tracking_uri(uri)
+        client = MlflowClient(tracking_uri=uri)
+        methods = _str_list(args.methods) if args.methods else None
+        panels = [load_panel(client, uri, d, methods, args.sweep) for d in datasets]
+    except ValueError as e:  # FrontierInputError and the sweep's SweepInputError
+        print(f"python -m orchestrator.frontier: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_png(panels, out.with_suffix(".png"))
+    write_html(panels, out.with_suffix(".html"))
+    print(format_table([r for p in panels for r in p.rows]))
+    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The MLflow record of a sweep, written only by the driver.
+
+One experiment per dataset, one parent run per sweep, one nested child run per Ray trial.
+Runs are found again by tags (``sweep.name``, ``ray.trial_id``) before any is created, so a
+resumed sweep (or a trial Ray restarts) writes into the run it already has: MLflow holds each
+trial once. Ray's own ``MLflowLoggerCallback`` is not used: it makes flat runs and a second
+run per trial after ``Tuner.restore`` (STACK.md).
+
+The object keeps only strings between calls (the client is rebuilt lazily) because Ray
+pickles callbacks into the experiment folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TAG_SWEEP = "sweep.name"
+TAG_ROLE = "sweep.role"  # parent | trial
+TAG_TRIAL = "ray.trial_id"
+TAG_METHOD = "sweep.method"
+TAG_REASON = "failure_reason"
+TAG_TARGETS = "satisfied_targets"
+PARENT_TAG = "mlflow.parentRunId"
+# Ray bookkeeping and trial-config echoes: not measurements of the model.
+_NOT_METRICS = {
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+    "iterations_since_restore",
+    "time_since_restore",
+    "done",
+    "target",
+    "search_phase",
+    "epoch",
+    "should_checkpoint",
+    "checkpoint_dir_name",
+}
+_PACKAGES = ("torch", "ray", "optuna", "mlflow", "numpy", "acert-sweep")
+
+
+def experiment_name(dataset: str) -> str:
+    return f"acert-sweep-{dataset}"
+
+
+def metric_key(key: str) -> str:
+    """MLflow accepts [/\\w.- ] only: ``test_cert_acc@0.1`` -> ``test_cert_acc_at_0.1``."""
+    return re.sub(r"[^/\w.\- ]", "_", key.replace("@", "_at_"))
+
+
+def result_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric measurements of a Tune result, under MLflow-safe names."""
+    out = {}
+    for k, v in result.items():
+        if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        out[metric_key(k)] = float(v)
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _param_value(v: Any) -> str:
+    return str(v)[:6000]  # MLflow's limit on a param value
+
+
+class SweepTracker:
+    """Get-or-create access to a sweep's parent and child runs in one tracking store."""
+
+    def __init__(self, tracking_uri: str, dataset: str, sweep_name: str) -> None:
+        self.tracking_uri, self.dataset, self.sweep_name = tracking_uri, dataset, sweep_name
+        self._client = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {}  # ray trial id -> run id (a cache of the tag lookup)
+        self._parent: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "dataset": self.dataset, "sweep_name": self.sweep_name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking_uri"], state["dataset"], state["sweep_name"])
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            name = experiment_name(self.dataset)
+            exp = self.client.get_experiment_by_name(name)
+            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+        return self._experiment_id
+
+    def _find(self, **tags: str) -> str | None:
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        runs = self.client.search_runs(
+            [self.experiment_id], " and ".join(clauses), max_results=2, order_by=["attributes.start_time ASC"]
+        )
+        return runs[0].info.run_id if runs else None
+
+    # --- the parent run -------------------------------------------------------------
+    def parent_run(self, params: dict[str, Any] | None = None) -> str:
+        """The sweep's parent run; created (with params, commit, versions) on first use."""
+        if self._parent is None:
+            self._parent = self._find(**{TAG_SWEEP: self.sweep_name, TAG_ROLE: "parent"})
+        if self._parent is None:
+            tags = {
+                TAG_SWEEP: self.sweep_name,
+                TAG_ROLE: "parent",
+                "git_commit": git_commit(),
+                "mlflow.runName": self.sweep_name,
+                **{f"version.{k}": v for k, v in package_versions().items()},
+            }
+            run = self.client.create_run(self.experiment_id, tags=tags)
+            self._parent = run.info.run_id
+            if params:
+                self.log_params(self._parent, params)
+        else:
+            self.client.update_run(self._parent, status="RUNNING")
+        return self._parent
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[i : i + 100])
+
+    def finish_parent(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run(), status=status)
+
+    # --- child runs -----------------------------------------------------------------
+    def trial_run(self, trial_id: str, method: str, config: dict[str, Any]) -> str:
+        """The child run of a Ray trial, created on first use; its params are the trial config."""
+        run_id = self._runs.get(trial_id) or self._find(**{TAG_SWEEP: self.sweep_name, TAG_TRIAL: trial_id})
+        if run_id is None:
+            tags = {
+                TAG_SWEEP: self.sweep_name,
+                TAG_ROLE: "trial",
+                TAG_TRIAL: trial_id,
+                TAG_METHOD: method,
+                PARENT_TAG: self.parent_run(),
+                "mlflow.runName": f"{method}-{trial_id}",
+            }
+            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            self.log_params(run_id, config)
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step or 0) for k, v in metrics.items() if not math.isinf(v)]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i : i + 500])
+
+    def end_trial(
+        self, run_id: str, *, status: str, reason: str | None = None, targets: list[float] | None = None
+    ) -> None:
+        if reason:
+            self.client.set_tag(run_id, TAG_REASON, reason[:5000])
+        if targets is not None:
+            self.client.set_tag(run_id, TAG_TARGETS, ",".join(f"{t:g}" for t in targets) or "none")
+        self.client.set_terminated(run_id, status=status)
+
+    def trial_runs(self) -> list[Any]:
+        """All child runs of this sweep (every status), oldest first."""
+        flt = f"tags.`{TAG_SWEEP}` = '{self.sweep_name}' and tags.`{TAG_ROLE}` = 'trial'"
+        from mlflow.entities import ViewType
+
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                flt,
+                run_view_type=ViewType.ALL,
+                max_results=50000,
+                order_by=["attributes.start_time ASC"],
+            )
+        )
+
+    def close_unrecorded(self, method: str, known_trial_ids: set[str]) -> int:
+        """Mark KILLED the child runs of trials Ray does not know (started, then lost with a
+        killed driver before its state was saved); returns how many."""
+        n = 0
+        for run in self.trial_runs():
+            tags = run.data.tags
+            if (
+                tags.get(TAG_METHOD) == method
+                and run.info.status == "RUNNING"
+                and tags.get(TAG_TRIAL) not in known_trial_ids
+            ):
+                self.end_trial(
+                    run.info.run_id, status="KILLED", reason="driver killed before Ray recorded this trial"
+                )
+                n += 1
+        return n

@@ -1,0 +1,250 @@
+"""``python -m orchestrator.sweep``: the accuracy-ACR frontier of a dataset, per method.
+
+Flow: flags -> :class:`SweepConfig` -> preflight checks (bad input exits 2 before Ray
+starts) -> one Ray Tune experiment per method (``<storage>/<name>/<method>``), proposed by a
+:class:`TargetSearcher` and pruned by :class:`PenalisedASHA` -> the winner of every target
+evaluated on the test set -> frontier artifacts and registered models on the MLflow parent run.
+
+Resume is the same command path: an experiment folder that ``Tuner.can_restore`` accepts is
+restored (finished trials are skipped, in-flight ones continue from their checkpoints, the
+searcher and its Optuna studies come back), one that does not exist yet is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri, parse_sweep_args
+from orchestrator.storage import read_text, write_text
+from search_spaces import SearchSpace, SpaceContext, get_space
+
+# A killed driver loses at most this many seconds of Tune's experiment state (default ~10 s).
+CHECKPOINT_PERIOD_S = "2"
+
+
+# --- preflight: everything that can be wrong with the input, checked before Ray -----------
+def check_tracking_uri(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            raise SweepInputError(f"invalid --tracking-uri {uri!r}: server unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise SweepInputError(f"invalid --tracking-uri {uri!r}: folder {folder} does not exist")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise SweepInputError(
+            f"invalid --tracking-uri {uri!r}: file stores are refused by MLflow 3; "
+            "use sqlite:///ABSOLUTE/PATH.db or http://HOST:PORT"
+        )
+
+
+def check_data(cfg: SweepConfig) -> None:
+    """Load (and with download allowed, fetch) the data once in the driver, so trials never
+    race to download it and a missing data set is a clear error, not N failed trials."""
+    from trainers.data import DataMissingError, load_splits
+
+    try:
+        load_splits(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            seed=cfg.seed,
+            train_subset=cfg.train_subset,
+            synthetic_size=cfg.synthetic_size,
+        )
+    except DataMissingError as e:
+        raise SweepInputError(f"invalid --data-dir {cfg.data_dir!r}: {e}".splitlines()[0]) from None
+
+
+def preflight(cfg: SweepConfig) -> None:
+    exists = read_text(f"{cfg.sweep_dir}/{SWEEP_FILE}") is not None
+    if exists and not cfg.resume:
+        raise SweepInputError(
+            f"invalid --name {cfg.name!r}: a sweep of that name exists under "
+            f"{cfg.storage}; continue it with --resume {cfg.name}"
+        )
+    check_tracking_uri(cfg.tracking_uri)
+    if cfg.address is None:  # on a cluster the workers, not the driver, need the data
+        check_data(cfg)
+        if cfg.device == "cuda" or cfg.gpus_per_trial > 0:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SweepInputError(
+                    f"invalid --gpus-per-trial {cfg.gpus_per_trial!r} / --device "
+                    f"{cfg.device!r}: no CUDA device on this machine"
+                )
+
+
+# --- one Ray Tune experiment per method ---------------------------------------------------
+def trial_base_config(cfg: SweepConfig) -> dict[str, Any]:
+    """What every trial shares; the searcher adds the tuned values and the target.
+
+    The seed is the same for all trials on purpose: it fixes the validation split, so every
+    trial is scored on the same samples."""
+    return {
+        "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir,
+        "download": cfg.download,
+        "model": cfg.model,
+        "device": cfg.device,
+        "threads": cfg.trial_threads,
+        "seed": cfg.seed,
+        "train_subset": cfg.train_subset,
+        "synthetic_size": cfg.synthetic_size,
+        "val_acr_samples": cfg.val_acr_samples,
+        "test_samples": cfg.test_samples,
+    }
+
+
+def space_context(cfg: SweepConfig) -> SpaceContext:
+    from trainers.config import DATASET_DEFAULTS
+
+    return SpaceContext(max_epochs=cfg.epochs, ref_eps=float(DATASET_DEFAULTS[cfg.dataset]["max_eps"]))
+
+
+def optuna_storage(cfg: SweepConfig) -> str | None:
+    """SQLite next to the Ray experiments when the sweep folder is local; with remote storage
+    the studies stay in memory and travel inside Ray's searcher checkpoint."""
+    if is_remote_uri(cfg.storage):
+        return None
+    Path(cfg.sweep_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(cfg.sweep_dir).resolve() / 'optuna.db'}"
+
+
+def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
+    from ray import tune
+
+    from orchestrator.callbacks import MlflowTrialCallback, ProgressCallback
+    from orchestrator.scheduler import PenalisedASHA
+    from orchestrator.searcher import TargetSearcher
+    from trainers.train import train_trial
+
+    trainable = tune.with_resources(train_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    path = f"{cfg.sweep_dir}/{method}"
+    if tune.Tuner.can_restore(path):
+        print(f"[{method}] restoring {path}", flush=True)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    ctx = space_context(cfg)
+    searcher = TargetSearcher(
+        space,
+        ctx,
+        cfg.accs,
+        cfg.trials,
+        study_prefix=f"{cfg.name}-{method}",
+        storage=optuna_storage(cfg),
+        seed=cfg.seed,
+    )
+    scheduler = None
+    if cfg.scheduler == "asha":
+        scheduler = PenalisedASHA(
+            max_epochs=cfg.epochs, grace_epochs=cfg.grace_epochs, ref_eps=ctx.ref_eps, penalty=cfg.penalty
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=trial_base_config(cfg),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.trials,
+            max_concurrent_trials=cfg.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=method,
+            storage_path=cfg.sweep_dir,
+            callbacks=[MlflowTrialCallback(tracker, method, cfg.accs), ProgressCallback(method, cfg.accs)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+
+
+def init_ray(cfg: SweepConfig) -> bool:
+    """Join ``--address``/RAY_ADDRESS or start local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, int(cfg.cpus_per_trial)),
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+    return True
+
+
+# --- the whole sweep --------------------------------------------------------------------
+def run_sweep(cfg: SweepConfig, *, spaces: dict[str, SearchSpace] | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) the sweep and return the frontier rows. ``spaces`` replaces the
+    registered search space of a method (tests use it to inject failing trials)."""
+    import optuna
+    import ray
+
+    from orchestrator.evaluation import collect_points, publish_frontier
+    from orchestrator.mlflow_log import SweepTracker
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
+    # ...which Tune would otherwise warn about on every sync that takes longer than 5 % of it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if read_text(f"{cfg.sweep_dir}/{SWEEP_FILE}") is None:
+        write_text(f"{cfg.sweep_dir}/{SWEEP_FILE}", json.dumps(cfg.to_dict(), indent=2))
+    tracker = SweepTracker(cfg.tracking_uri, cfg.dataset, cfg.name)
+    tracker.parent_run(params={k: v for k, v in cfg.to_dict().items() if k != "resume"})
+    started = init_ray(cfg)
+    status = "FAILED"
+    try:
+        points = {}
+        for method in cfg.methods:
+            space = (spaces or {}).get(method) or get_space(method)
+            grid = make_tuner(cfg, method, tracker, space).fit()
+            points[method] = collect_points(grid, method)
+            tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
+        rows = publish_frontier(cfg, points, tracker)
+        status = "FINISHED"
+        return rows
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish_parent(status)
+        if started:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_sweep_args(argv)
+    try:
+        preflight(cfg)
+    except SweepInputError as e:
+        print(f"python -m orchestrator.sweep: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"sweep {cfg.name}: {cfg.dataset}, targets {', '.join(f'{a:g}' for a in cfg.accs)}, "
+        f"methods {', '.join(cfg.methods)}, {cfg.trials} trials each -> {cfg.sweep_dir}",
+        flush=True,
+    )
+    from orchestrator.evaluation import format_table
+
+    rows = run_sweep(cfg)
+    print(format_table(rows), flush=True)
+    print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The fixed-radius baselines: IBP (Gowal et al. 2018, with Shi et al. 2021 warm-up) and
+CROWN-IBP (Zhang et al. 2020). Their tradeoff knobs are the training eps and the mixing of the
+standard loss (kappa), plus CROWN-IBP's beta schedule; the same schedule and optimiser ranges
+as ACERT keep the frontiers comparable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces import SpaceContext, SuggestTrial, register_space
+from search_spaces.common import suggest_optimiser, suggest_schedule
+
+
+def _fixed_radius(trial: SuggestTrial, ctx: SpaceContext, method: str) -> dict[str, Any]:
+    return {
+        "method": method,
+        **suggest_schedule(trial, ctx),
+        # Smaller training radii are how fixed-eps methods buy clean accuracy.
+        "max_eps": trial.suggest_float("max_eps", ctx.ref_eps / 8, ctx.ref_eps * 2, log=True),
+        "kappa": trial.suggest_float("kappa", 0.0, 1.0),
+        "kappa_final": trial.suggest_float("kappa_final", 0.0, 0.9),
+        "reg_weight": trial.suggest_float("reg_weight", 0.01, 1.0, log=True),
+        **suggest_optimiser(trial),
+    }
+
+
+@register_space("ibp")
+def ibp_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
+    return _fixed_radius(trial, ctx, "ibp")
+
+
+@register_space("crown-ibp")
+def crown_ibp_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
+    out = _fixed_radius(trial, ctx, "crown-ibp")
+    out["beta_start"] = trial.suggest_float("beta_start", 0.5, 1.0)
+    out["beta_end"] = trial.suggest_float("beta_end", 0.0, 0.5)
+    return out

@@ -1,0 +1,262 @@
+"""End-to-end sweeps on local Ray (2 CPUs), the synthetic dataset and the real trainer.
+
+One Ray instance is shared by the module. The main sweep logs to a real ``mlflow server``
+started here on 127.0.0.1 (SQLite backend, local artifacts); the failure-injection sweep logs
+to a SQLite file, so both tracking paths are exercised.
+"""
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from orchestrator.cli import SweepConfig
+from orchestrator.mlflow_log import TAG_REASON, TAG_ROLE, TAG_SWEEP, TAG_TARGETS, experiment_name
+from orchestrator.sweep import run_sweep
+from search_spaces import get_space
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+TARGETS = (0.5, 0.7)
+
+
+def small_config(tmp, name, tracking_uri, **kw):
+    values = dict(
+        dataset="synthetic",
+        accs=TARGETS,
+        trials=6,
+        epochs=3,
+        name=name,
+        storage=str(tmp / "sweeps"),
+        tracking_uri=tracking_uri,
+        data_dir=str(tmp / "data"),
+        synthetic_size=512,
+        val_acr_samples=100,
+        max_concurrent=2,
+        max_failures=0,
+        threads=1,
+    )
+    values.update(kw)
+    return SweepConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served_sweep(ray_session, mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = small_config(tmp, "e2e", mlflow_server)
+    t0 = time.time()
+    rows = run_sweep(cfg)
+    print(f"e2e sweep: {time.time() - t0:.1f} s")
+    return cfg, rows
+
+
+def client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_of(cfg, role):
+    from mlflow.entities import ViewType
+
+    c = client(cfg.tracking_uri)
+    exp = c.get_experiment_by_name(experiment_name(cfg.dataset))
+    flt = f"tags.`{TAG_SWEEP}` = '{cfg.name}' and tags.`{TAG_ROLE}` = '{role}'"
+    return c.search_runs([exp.experiment_id], flt, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def test_parent_and_one_child_per_trial(served_sweep):
+    cfg, rows = served_sweep
+    (parent,) = runs_of(cfg, "parent")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["accs"] == "[0.5, 0.7]" and parent.data.params["trials"] == "6"
+    assert parent.data.tags["git_commit"] and parent.data.tags["version.ray"] == "2.60.0"
+    children = runs_of(cfg, "trial")
+    assert len(children) == cfg.trials
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == cfg.trials
+    c = client(cfg.tracking_uri)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status in ("FINISHED", "FAILED")
+        assert {"val_acc", "val_acr", "train_loss"} <= set(child.data.metrics)
+        assert {"kappa", "max_eps", "lr", "target"} <= set(child.data.params)
+        history = c.get_metric_history(child.info.run_id, "val_acr")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))  # one value per epoch
+        if child.info.status == "FINISHED":
+            want = [t for t in TARGETS if child.data.metrics["val_acc"] >= t]
+            assert child.data.tags[TAG_TARGETS] == (",".join(f"{t:g}" for t in want) or "none")
+
+
+def test_frontier_artifacts_and_feasible_winners(served_sweep):
+    cfg, rows = served_sweep
+    (parent,) = runs_of(cfg, "parent")
+    names = {a.path for a in client(cfg.tracking_uri).list_artifacts(parent.info.run_id)}
+    assert {"frontier.csv", "frontier.json", "frontier.png", "frontier.html"} <= names
+    assert [r["target"] for r in rows] == list(TARGETS)
+    trials = {c.data.tags["ray.trial_id"]: c for c in runs_of(cfg, "trial")}
+    for row in rows:
+        if row["status"] == "infeasible":
+            feasible = [
+                c
+                for c in trials.values()
+                if c.data.metrics.get("val_acc", -1) >= row["target"] and c.info.status == "FINISHED"
+            ]
+            assert not feasible
+            continue
+        assert row["val_acc"] >= row["target"]
+        winner = trials[row["trial_id"]]
+        assert row["run_id"] == winner.info.run_id
+        assert winner.data.metrics["val_acr"] == pytest.approx(row["val_acr"])
+        # no finished feasible trial has a larger validation ACR
+        assert all(
+            c.data.metrics["val_acr"] <= row["val_acr"] + 1e-12
+            for c in trials.values()
+            if c.info.status == "FINISHED" and c.data.metrics["val_acc"] >= row["target"]
+        )
+        assert 0 <= row["test_acc"] <= 1 and row["test_acr"] >= 0
+        assert {"cert_acc@0.05", "cert_acc@0.1"} <= set(row)
+    saved = json.loads((SweepDir(cfg) / "frontier.json").read_text())
+    assert [r["trial_id"] if r["status"] == "ok" else None for r in saved] == [
+        r.get("trial_id") for r in rows
+    ]
+
+
+def SweepDir(cfg):
+    from pathlib import Path
+
+    return Path(cfg.sweep_dir)
+
+
+def test_registered_model_reproduces_its_test_accuracy(served_sweep):
+    import mlflow
+    import mlflow.pytorch
+
+    from trainers.certify import evaluate
+    from trainers.config import DATASET_DEFAULTS
+    from trainers.data import load_splits
+
+    cfg, rows = served_sweep
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok, "the synthetic task is easy: some target must be feasible"
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    splits = load_splits("synthetic", synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    d = DATASET_DEFAULTS["synthetic"]
+    for row in ok:
+        assert row["registered_model"] == f"acert-synthetic-acc{row['target']:g}"
+        model = mlflow.pytorch.load_model(f"models:/{row['registered_model']}/latest")
+        res = evaluate(
+            model,
+            splits.x_test,
+            splits.y_test,
+            eps_cap=d["eps_cap"],
+            cert_eps=d["cert_eps"],
+            max_eps=d["max_eps"],
+        )
+        assert res["clean_acc"] == pytest.approx(row["test_acc"], abs=1e-9)
+        assert res["acr"] == pytest.approx(row["test_acr"], rel=1e-6)
+
+
+def test_frontier_command_reads_mlflow_alone(served_sweep, tmp_path, capsys):
+    from orchestrator import frontier
+
+    cfg, rows = served_sweep
+    assert (
+        frontier.main(
+            ["--datasets", "synthetic", "--tracking-uri", cfg.tracking_uri, "--out", str(tmp_path / "fr")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "synthetic" in out and "acert" in out
+    assert (tmp_path / "fr.png").stat().st_size > 1000
+    assert "<svg" in (tmp_path / "fr.html").read_text()
+
+
+def failing_space(trial, ctx):
+    """Every third trial diverges (lr 1e20 -> inf loss), every third raises (batch_size 0)."""
+    out = get_space("acert")(trial, ctx)
+    if trial.number % 3 == 1:
+        out["lr"] = 1e20
+    elif trial.number % 3 == 2:
+        out["batch_size"] = 0
+    return out
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_session, tmp_path):
+    cfg = small_config(
+        tmp_path,
+        "faults",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        trials=6,
+        accs=(0.5,),
+        scheduler="none",
+        register_models=False,
+    )
+    rows = run_sweep(cfg, spaces={"acert": failing_space})
+    children = runs_of(cfg, "trial")
+    assert len(children) == 6
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 4
+    reasons = sorted(c.data.tags[TAG_REASON].split(":")[0] for c in failed)
+    assert reasons.count("trainers.train.DivergedError") + reasons.count("DivergedError") == 2, reasons
+    assert sum("batch_size" in c.data.tags[TAG_REASON] for c in failed) == 2
+    assert rows[0]["status"] in ("ok", "infeasible")
+    if rows[0]["status"] == "ok":
+        assert rows[0]["trial_id"] not in {c.data.tags["ray.trial_id"] for c in failed}
+    for c in failed:
+        assert not math.isnan(c.data.metrics.get("val_acc", 0.0))
