@@ -1,0 +1,260 @@
+"""Offline checks of the Kubernetes manifests: schemas, security policy, the sweep command line.
+
+Every overlay must pass every check (k8s/check_manifests.py runs the same ones); every rule must
+reject the broken manifests of tests/fixtures/k8s/ for that rule alone. Schemas: the KubeRay CRDs
+in <repo>/../shared/k8s/crds (the tests that need them are skipped, with the reason, if it is
+missing) and kubernetes-validate's bundled Kubernetes schemas (manifest_schema.KUBERNETES_VERSION).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "k8s"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "k8s"
+CRD_DIR = REPO.parent / "shared" / "k8s" / "crds"
+sys.path.insert(0, str(K8S))
+
+import kustomize_lite as kl  # noqa: E402
+import manifest_policy as mp  # noqa: E402
+import manifest_schema as ms  # noqa: E402
+import ray_policy as rp  # noqa: E402
+import sweep_policy as sp  # noqa: E402
+from check_manifests import all_violations  # noqa: E402
+
+OVERLAYS = {"gpu": False, "gpu-long-lived": False, "cpu-dev": True}  # overlay -> single node
+PINS = rp.pinned_versions(REPO / "pyproject.toml")
+needs_crds = pytest.mark.skipif(
+    not (CRD_DIR / "ray.io_rayjobs.yaml").is_file(),
+    reason=f"KubeRay CRDs not found in {CRD_DIR} (the shared folder beside the repo)",
+)
+
+
+@cache
+def rendered(overlay: str) -> tuple[dict, ...]:
+    return tuple(kl.render(K8S / "overlays" / overlay))
+
+
+def objects_of(overlay: str) -> list[dict]:
+    return copy.deepcopy(list(rendered(overlay)))
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    hits = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(hits) == 1, f"{kind}/{name}: {len(hits)} objects"
+    return hits[0]
+
+
+# --- the real manifests pass --------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_objects_and_pod_templates_validate_with_kubernetes_validate(overlay):
+    assert ms.schema_violations(objects_of(overlay), crd_dir=None) == []
+
+
+@needs_crds
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ray_objects_validate_against_the_kuberay_crds(overlay):
+    objects = objects_of(overlay)
+    ray_objects = [o for o in objects if o["apiVersion"] == "ray.io/v1"]
+    assert ray_objects and all(
+        (o["apiVersion"], o["kind"]) in ms.crd_validators(str(CRD_DIR)) for o in ray_objects
+    )
+    assert ms.schema_violations(objects, CRD_DIR) == []
+
+
+@pytest.mark.parametrize("overlay, single_node", OVERLAYS.items())
+def test_every_overlay_passes_the_policy(overlay, single_node):
+    objects = objects_of(overlay)
+    assert mp.policy_violations(objects) == []
+    assert rp.ray_violations(objects, ray_version=PINS["ray"], single_node=single_node) == []
+    assert sp.sweep_violations(objects) == []
+
+
+def test_the_image_is_the_official_ray_gpu_image_of_the_pinned_ray():
+    assert PINS["ray"] == "2.60.0"  # pyproject.toml: ray[tune]==2.60.0
+    assert rp.dockerfile_violations(K8S / "Dockerfile", PINS) == []
+    for overlay in OVERLAYS:
+        for obj in objects_of(overlay):
+            if obj["apiVersion"] == "ray.io/v1":
+                images = [c["image"] for _, c, _ in mp.containers(obj) if "image" in c]
+                assert images and all(f"ray{PINS['ray']}" in i for i in images), (overlay, images)
+
+
+def test_the_gpu_rayjob_runs_the_cifar10_sweep_of_the_issue():
+    job = find(objects_of("gpu"), "RayJob", "acert-sweep")
+    ns, error = sp.parse_entrypoint(job["spec"]["entrypoint"])
+    assert error is None
+    assert (ns.dataset, ns.accs, ns.address, ns.tracking_uri) == (
+        "cifar10",
+        "0.6,0.7,0.8",
+        "auto",
+        "http://mlflow:5000",
+    )
+    assert (ns.storage, ns.data_dir, ns.name, ns.no_download) == (
+        "/mnt/acert/sweeps",
+        "/mnt/acert/data",
+        "acert-cifar10",
+        True,
+    )
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] >= 1
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert [
+        w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for w in workers
+    ] == ["1"]
+
+
+def test_entrypoint_is_parsed_by_the_projects_own_parser():
+    from orchestrator.cli import build_parser
+
+    for overlay in OVERLAYS:
+        for job in (o for o in objects_of(overlay) if o["kind"] == "RayJob"):
+            words = shlex.split(job["spec"]["entrypoint"])
+            assert words[:3] == ["python", "-m", "orchestrator.sweep"]
+            build_parser().parse_args(words[3:])  # raises SystemExit(2) on an unknown flag
+
+
+def test_the_readme_resume_command_is_a_valid_entrypoint():
+    """k8s/README.md's explicit resume command passes the parser and the entrypoint rules."""
+    readme = (K8S / "README.md").read_text()
+    (command,) = re.findall(r"`(python -m orchestrator.sweep --resume [^`]+)`", readme)
+    objects = objects_of("gpu")
+    find(objects, "RayJob", "acert-sweep")["spec"]["entrypoint"] = command
+    assert sp.sweep_violations(objects) == []
+
+
+def test_secrets_are_referenced_by_name_and_documented():
+    """No Secret and no password in any manifest; every Secret (and key) they use is in the README."""
+    readme = (K8S / "README.md").read_text()
+    needed = set()
+    for overlay in OVERLAYS:
+        for obj in objects_of(overlay):
+            assert obj["kind"] != "Secret"
+            for _, c, _ in mp.containers(obj):
+                for env in c.get("env") or []:
+                    ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref:
+                        needed.add((ref["name"], ref["key"]))
+            for _, cluster in mp.ray_cluster_specs(obj):
+                needed.add((cluster["authOptions"]["secretName"], "auth_token"))
+    assert {name for name, _ in needed} == {"acert-postgres", "acert-minio", "acert-ray-token"}
+    for name, key in sorted(needed):
+        pattern = (
+            rf"create secret generic {re.escape(name)}\b[^\n]*(\\\n[^\n]*)*--from-literal={re.escape(key)}="
+        )
+        assert re.search(pattern, readme), f"k8s/README.md does not show how to create {name} with key {key}"
+
+
+def test_no_manifest_file_holds_a_secret():
+    """Also the files that are not rendered as such (patches, components): no Secret, no password."""
+    files = sorted(K8S.rglob("*.yaml"))
+    assert len(files) >= 12
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert not (isinstance(doc, dict) and doc.get("kind") == "Secret"), path
+        for line in path.read_text().splitlines():
+            if not line.lstrip().startswith("#"):
+                assert mp.literal_secrets(line) == [], (path, line)
+
+
+def test_literal_secret_detection():
+    assert mp.literal_secrets("postgresql://$(DB_USER):$(DB_PASSWORD)@postgres:5432/mlflow") == []
+    assert mp.literal_secrets("postgresql://mlflow:hunter2@postgres:5432/mlflow") != []
+    assert mp.literal_secrets("PGPASSWORD=hunter2 psql") != []
+    assert mp.literal_secrets('password: "$(DB_PASSWORD)"') == []
+    assert mp.literal_secrets("secretName: acert-ray-token") == []
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("500m", 0.5), ("2", 2.0), (8, 8.0), ("512Mi", 512 * 2**20), ("1G", 1e9), ("1.5Gi", 1.5 * 2**30)],
+)
+def test_quantity(value, expected):
+    assert mp.quantity(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["1.5.5", "12XB", "", "-1"])
+def test_quantity_rejects_garbage(bad):
+    with pytest.raises(ValueError):
+        mp.quantity(bad)
+
+
+# --- every rule rejects a broken manifest -----------------------------------------------------------
+CASES = [
+    c for path in sorted(FIXTURES.glob("broken_manifests_*.yaml")) for c in yaml.safe_load(path.read_text())
+]
+
+
+def break_overlay(case: dict) -> list[dict]:
+    objects = objects_of(case["overlay"])
+    for patch in case.get("patches") or []:
+        kl.apply_json6902(find(objects, **patch["target"]), patch["ops"], case["id"])
+    for sub in case.get("substitutions") or []:
+        obj = find(objects, **sub["target"])
+        parts = kl._pointer(sub["path"])
+        parent = kl._walk(obj, parts[:-1], case["id"])
+        key = int(parts[-1]) if isinstance(parent, list) else parts[-1]
+        assert sub["old"] in parent[key], f"{case['id']}: {sub['old']!r} not in {sub['path']} (stale fixture)"
+        parent[key] = parent[key].replace(sub["old"], sub["new"])
+    return objects + copy.deepcopy(case.get("objects") or [])
+
+
+def test_every_rule_has_a_broken_fixture():
+    rules = {r for c in CASES for r in [c["rule"]]}
+    assert rules == {
+        "schema-crd",
+        "schema-core",
+        "non-root",
+        "no-privilege-escalation",
+        "pod-security",
+        "resources",
+        "pinned-images",
+        "no-inline-secrets",
+        "env-refs",
+        "services",
+        "volumes",
+        "ray-version",
+        "ray-auth",
+        "ray-head",
+        "autoscaling",
+        "rayjob-lifecycle",
+        "sweep-entrypoint",
+        "trial-fit",
+        "shared-storage",
+        "mlflow-server",
+    }
+    assert len({c["id"] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_broken_manifest_is_rejected_for_its_rule_alone(case):
+    have_crds = (CRD_DIR / "ray.io_rayjobs.yaml").is_file()
+    if case["rule"] == "schema-crd" and not have_crds:
+        pytest.skip(f"KubeRay CRDs not found in {CRD_DIR} (the shared folder beside the repo)")
+    objects = break_overlay(case)
+    crd_dir = CRD_DIR if have_crds else None
+    problems = all_violations(objects, crd_dir=crd_dir, pins=PINS, single_node=OVERLAYS[case["overlay"]])
+    assert {rule for rule, _ in problems} == {case["rule"]}, problems
+
+
+DOCKERFILE_CASES = yaml.safe_load((FIXTURES / "broken_dockerfiles.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", DOCKERFILE_CASES, ids=[c["id"] for c in DOCKERFILE_CASES])
+def test_broken_dockerfile_is_rejected(case, tmp_path):
+    text = (K8S / "Dockerfile").read_text()
+    assert case["old"] in text, f"{case['id']}: stale fixture"
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(text.replace(case["old"], case["new"]))
+    problems = rp.dockerfile_violations(broken, PINS)
+    assert problems and {rule for rule, _ in problems} == {"dockerfile"}
