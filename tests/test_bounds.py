@@ -234,7 +234,7 @@ def reference_ibp(model, x, y, eps):
             lo, hi = (torch.minimum(lo * scale, hi * scale) + shift, torch.maximum(lo * scale, hi * scale) + shift)
         elif isinstance(layer, (nn.Conv2d, nn.Linear)):
             wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-            op = (lambda t, w, b: nn.functional.conv2d(t, w, b, layer.stride, layer.padding)) if isinstance(
+            op = (lambda t, w, b: nn.functional.conv2d(t, w, b, layer.stride, layer.padding)) if isinstance(  # noqa: B023
                 layer, nn.Conv2d) else nn.functional.linear
             clean = layer(clean)
             lo, hi = op(lo, wp, layer.bias) + op(hi, wn, None), op(hi, wp, layer.bias) + op(lo, wn, None)

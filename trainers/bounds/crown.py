@@ -43,8 +43,17 @@ def _back_relu(a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     up_slope = torch.where(unstable, hi / denom, active.to(a.dtype))
     up_icpt = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
     low_slope = torch.where(unstable, (hi > -lo).to(a.dtype), active.to(a.dtype))
-    a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
-    return a_pos * low_slope + a_neg * up_slope, _sum_rest(a_neg * up_icpt)
+    # a_pos * low_slope + a_neg * up_slope (exact: one product is 0), and sum(a_neg * up_icpt)
+    # as a batched product: three tensors of A's size (the largest here) instead of six
+    a_neg = a.clamp(max=0)
+    new_a = torch.mul(a.clamp(min=0), low_slope).addcmul_(a_neg, up_slope)
+    return new_a, _contract(a_neg, up_icpt)
+
+
+def _contract(a: Tensor, v: Tensor) -> Tensor:
+    """sum over the dims after the first two of a [B, S, ...] * v [B, 1, ...] -> [B, S]."""
+    b, s = a.shape[:2]
+    return torch.bmm(a.reshape(b, s, -1), v.reshape(b, -1, 1)).squeeze(2)
 
 
 def _back_conv(a: Tensor, layer: nn.Conv2d, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -97,14 +106,13 @@ def crown_ibp_margins(
         elif isinstance(layer, AFFINE_PER_CHANNEL):
             scale, shift = _affine_of(i, layer, ctx, None, False)
             view = (1, 1, -1) + (1,) * (a.dim() - 3)
-            extra = _sum_rest(a * shift.view(view))
+            extra = torch.einsum("bsc...,c->bs", a, shift)
             a = a * scale.view(view)
         elif isinstance(layer, nn.Flatten):
             a, extra = a.reshape(a.shape[0], a.shape[1], *shapes[i]), 0.0
         bias = bias + extra
     lo, hi = box
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    return _sum_rest(a.clamp(min=0) * lo + a.clamp(max=0) * hi) + bias
+    return _contract(a.clamp(min=0), lo) + _contract(a.clamp(max=0), hi) + bias
 
 
 def _input_shapes(layers: list[nn.Module], x: Tensor) -> list[tuple[int, ...]]:

@@ -14,10 +14,22 @@ BatchNorm in train mode uses the statistics of the *clean* batch for the bound p
 (the convention of Shi et al. 2021 and auto_LiRPA): ``clean_pass`` computes them once and
 stores the resulting per-channel affine maps in a :class:`BoundContext`, so that repeated
 bound evaluations on sub-batches (the radius root solver) see the same normalisation.
+
+Speed (profiled with torch.profiler on CPU, docs/benchmarks.md): the convolutions are the
+floor; the rest is elementwise passes, and on CPU mostly the allocation of each new
+activation-sized tensor. So a BatchNorm right after a Conv2d (or a narrow Linear) is folded
+into that layer's weights for the centre and the radius (W' = W * scale, b' = b * scale +
+shift, |W'| for the radius: no per-channel passes over the activations and no reductions for
+their gradients); the clean batch goes through its own product (no concatenation copy, and
+no backward when the loss does not use the clean logits); the interval ReLU and the batch
+statistics are single autograd nodes with hand-written backward passes, and the ReLUs work
+in place on tensors nothing else holds. Under ``torch.no_grad`` (the root solver) the folded
+weights are cached in the context. All of it computes the same bounds up to rounding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +50,9 @@ class BoundContext:
     affines: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     # layer index of a ReLU -> (lower, upper) pre-activation bounds (filled when recording)
     preact: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # layer index of a Conv2d/Linear -> (W', b', |W'|) with the next BatchNorm folded in;
+    # filled and read only without autograd (a cached weight would carry no gradient)
+    folded: dict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=dict)
 
 
 def layers_of(model: nn.Module) -> list[nn.Module]:
@@ -72,9 +87,7 @@ def _batchnorm_affine(layer: nn.BatchNorm1d | nn.BatchNorm2d, act: Tensor | None
     if use_batch:
         if act is None:
             raise RuntimeError("a BatchNorm layer in train mode needs the clean batch: call clean_pass first")
-        dims = [0] + list(range(2, act.dim()))
-        mean = act.mean(dims)
-        var = act.var(dims, unbiased=False)
+        var, mean = ChannelStats.apply(act)
         if update_stats and layer.training and layer.running_mean is not None:
             _update_running_stats(layer, mean.detach(), var.detach(), act.numel() // act.shape[1])
     else:
@@ -126,33 +139,26 @@ def propagate(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Push a clean batch and/or an input box through all layers but the last.
 
-    Returns (clean features, centre, radius) at the input of the last linear layer. When both
-    a clean batch and a box are given, each weight layer runs once on their concatenation:
-    the clean pass, needed anyway for BatchNorm statistics and the standard loss, shares the
-    matrix product with the centre.
+    Returns (clean features, centre, radius) at the input of the last linear layer. The
+    clean pass, needed anyway for BatchNorm statistics and the standard loss, runs in the
+    same loop, so the centre and radius of each layer see the statistics of the clean batch.
     """
     c = r = None
     if box is not None:
         lo, hi = box
         c, r = (hi + lo) / 2, (hi - lo) / 2
-    n_clean = 0 if clean is None else clean.shape[0]
-    for i, layer in enumerate(layers[:-1]):
+    i, last = 0, len(layers) - 1
+    while i < last:
+        layer = layers[i]
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            parts = [t for t in (clean, c) if t is not None]
-            out = layer(torch.cat(parts) if len(parts) == 2 else parts[0])
-            if c is not None:
-                absw = layer.weight.abs()
-                if isinstance(layer, nn.Conv2d):
-                    r = F.conv2d(r, absw, None, layer.stride, layer.padding, layer.dilation)
-                else:
-                    r = F.linear(r, absw)
-            if clean is not None and c is not None:
-                clean, c = out[:n_clean], out[n_clean:]
-            elif clean is not None:
-                clean = out
-            else:
-                c = out
-        elif isinstance(layer, AFFINE_PER_CHANNEL):
+            nxt = layers[i + 1] if i + 1 < last else None
+            bn = nxt if isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)) else None
+            if bn is not None and c is not None and _fold_costs_more(layer, c):
+                bn = None  # a wide Linear layer: scaling its weights costs more than the activations
+            clean, c, r = _weight_layer(i, layer, bn, ctx, clean, c, r, update_stats)
+            i += 2 if bn is not None else 1
+            continue
+        if isinstance(layer, AFFINE_PER_CHANNEL):
             scale, shift = _affine_of(i, layer, ctx, clean, update_stats)
             if clean is not None:
                 clean = clean * _channel_view(scale, clean.dim()) + _channel_view(shift, clean.dim())
@@ -160,19 +166,132 @@ def propagate(
                 c = c * _channel_view(scale, c.dim()) + _channel_view(shift, c.dim())
                 r = r * _channel_view(scale.abs(), r.dim())
         elif isinstance(layer, nn.ReLU):
+            # outputs of these layers are fresh tensors no other autograd node saved: the
+            # ReLU may overwrite them (an allocation of an activation-sized tensor on CPU
+            # costs more than the pass that fills it)
+            fresh = i > 0 and isinstance(layers[i - 1], (nn.Conv2d, nn.Linear, *AFFINE_PER_CHANNEL))
             if clean is not None:
-                clean = F.relu(clean)
+                clean = F.relu_(clean) if fresh else F.relu(clean)
             if c is not None:
-                lo, hi = c - r, c + r
                 if record_preact:
-                    ctx.preact[i] = (lo, hi)
-                lo, hi = F.relu(lo), F.relu(hi)
-                c, r = (hi + lo) / 2, (hi - lo) / 2
+                    ctx.preact[i] = (c - r, c + r)
+                c, r = IntervalReLU.apply(c, r, fresh)
         elif isinstance(layer, nn.Flatten):
             clean = None if clean is None else layer(clean)
             if c is not None:
                 c, r = layer(c), layer(r)
+        i += 1
     return clean, c, r
+
+
+def _weight_layer(
+    i: int, layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d | None, ctx: BoundContext,
+    clean: Tensor | None, c: Tensor | None, r: Tensor | None, update_stats: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """A Conv2d/Linear layer, and the BatchNorm right after it (index i + 1) if ``bn`` is given.
+
+    The centre goes through W' = W * scale with bias b * scale + shift and the radius through
+    |W'| = |W| * |scale|: the same intervals as applying BatchNorm after the layer (up to
+    rounding), without the per-channel passes over the activations.
+    """
+    if clean is not None:
+        clean = layer(clean)
+        if bn is not None:
+            fresh = i + 1 not in ctx.affines
+            scale, shift = _affine_of(i + 1, bn, ctx, clean, update_stats)
+            if fresh and (bn.training or bn.running_mean is None):
+                # the fused kernel, with the gradient through the statistics of this batch
+                clean = F.batch_norm(clean, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+            else:
+                clean = torch.addcmul(_channel_view(shift, clean.dim()), clean, _channel_view(scale, clean.dim()))
+    if c is None:
+        return clean, c, r
+    cache = None if torch.is_grad_enabled() else ctx.folded
+    if cache is not None and i in cache:
+        w, b, w_abs = cache[i]
+    else:
+        w, b = layer.weight, layer.bias
+        if bn is not None:
+            scale, shift = _affine_of(i + 1, bn, ctx, None, update_stats)
+            w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+            b = shift if b is None else torch.addcmul(shift, b, scale)
+        w_abs = w.abs()
+        if cache is not None:
+            cache[i] = (w, b, w_abs)
+    if isinstance(layer, nn.Conv2d):
+        c = F.conv2d(c, w, b, layer.stride, layer.padding, layer.dilation)
+        r = F.conv2d(r, w_abs, None, layer.stride, layer.padding, layer.dilation)
+    else:
+        c, r = F.linear(c, w, b), F.linear(r, w_abs)
+    return clean, c, r
+
+
+def _fold_costs_more(layer: nn.Conv2d | nn.Linear, c: Tensor) -> bool:
+    """Folding a per-channel map into the weights touches the weights (and their gradient)
+    twice; applying it to the centre and radius touches two output-sized tensors."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight.numel() > c.shape[0] * layer.out_features
+    return False
+
+
+class IntervalReLU(torch.autograd.Function):
+    """ReLU of the box [c - r, c + r] in centre/radius form: (c', r') with c' +- r' = relu(c +- r).
+
+    The same values as composing autograd ops (sub, add, two relus, add, sub, two halvings)
+    with one new activation-sized tensor instead of six when ``inplace`` (the results are
+    written over c and r, which the caller must not need) and two in the backward. Needs
+    r >= 0, which the engine guarantees (radii are images of |W| and |scale|): then relu(c + r)
+    > 0 exactly where c' > 0. The derivative of relu at 0 is 0, as in ``F.relu``.
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, r: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
+        lo = torch.sub(c, r).clamp_(min=0)
+        if inplace:
+            ctx.mark_dirty(c, r)
+            hi = c.add_(r).clamp_(min=0)
+            r_out = torch.sub(hi, lo, out=r).mul_(0.5)
+        else:
+            hi = torch.add(c, r).clamp_(min=0)
+            r_out = torch.sub(hi, lo).mul_(0.5)
+        c_out = hi.sub_(r_out)  # hi - (hi - lo) / 2
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(c_out, lo)
+        return c_out, r_out
+
+    @staticmethod
+    def backward(ctx, grad_c: Tensor, grad_r: Tensor) -> tuple[Tensor, Tensor, None]:
+        c_out, lo = ctx.saved_tensors
+        thr = torch.ops.aten.threshold_backward.grad_input
+        g_hi = torch.add(grad_c, grad_r)  # 2 * d/d(c + r), before the relu
+        thr(g_hi, c_out, 0.0, grad_input=g_hi)
+        g_lo = torch.sub(grad_c, grad_r)  # 2 * d/d(c - r), before the relu
+        thr(g_lo, lo, 0.0, grad_input=g_lo)
+        grad_r_in = torch.sub(g_hi, g_lo, out=g_lo).mul_(0.5)
+        return g_hi.sub_(grad_r_in), grad_r_in, None  # (g_hi + g_lo) / 2, (g_hi - g_lo) / 2
+
+
+class ChannelStats(torch.autograd.Function):
+    """Per-channel (biased variance, mean) of an activation over batch and space.
+
+    ``torch.var_mean``'s backward makes several activation-sized temporaries; the gradient
+    is one per-channel affine map of the input, computed here in one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, act: Tensor) -> tuple[Tensor, Tensor]:
+        dims = [0, *range(2, act.dim())]
+        var, mean = torch.var_mean(act, dims, correction=0)
+        ctx.save_for_backward(act, mean)
+        return var, mean
+
+    @staticmethod
+    def backward(ctx, grad_var: Tensor, grad_mean: Tensor) -> Tensor:
+        act, mean = ctx.saved_tensors
+        n = act.numel() // act.shape[1]
+        a = grad_var * (2.0 / n)  # d var / d act = 2 (act - mean) / n
+        b = grad_mean / n - a * mean
+        return torch.addcmul(_channel_view(b, act.dim()), act, _channel_view(a, act.dim()))
 
 
 def other_classes(y: Tensor, num_classes: int) -> Tensor:
@@ -184,12 +303,16 @@ def other_classes(y: Tensor, num_classes: int) -> Tensor:
 def spec_last_layer(last: nn.Linear, y: Tensor) -> tuple[Tensor, Tensor]:
     """The last layer with the margin specification folded in: W'[b, j] = W[y_b] - W[j_b]."""
     others = other_classes(y, last.out_features)
-    w = last.weight
-    wspec = w[y][:, None, :] - w[others]  # [B, K-1, H]
+    w, n = last.weight, y.shape[0]
+    # index_select, not w[others]: the backward of advanced indexing (index_put with
+    # accumulation) is several times slower on CPU than index_add
+    w_others = torch.index_select(w, 0, others.reshape(-1)).view(n, -1, w.shape[1])
+    wspec = torch.index_select(w, 0, y)[:, None, :] - w_others  # [B, K-1, H]
     if last.bias is None:
         bspec = torch.zeros(wspec.shape[:2], dtype=w.dtype, device=w.device)
     else:
-        bspec = last.bias[y][:, None] - last.bias[others]
+        b = last.bias
+        bspec = torch.index_select(b, 0, y)[:, None] - torch.index_select(b, 0, others.reshape(-1)).view(n, -1)
     return wspec, bspec
 
 
@@ -225,6 +348,31 @@ def ibp_margins(
             _, ctx = clean_pass(model, x)
     _, c, r = propagate(layers, ctx, box=input_box(x, eps), record_preact=record_preact)
     return margins_from_interval(layers[-1], c, r, y)
+
+
+def ibp_margins_fn(
+    model: nn.Sequential, x: Tensor, y: Tensor, ctx: BoundContext | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(idx, eps)`` = ``ibp_margins(model, x[idx], y[idx], eps, ctx)``, for root solvers.
+
+    A radius search evaluates the bound of shrinking sub-batches a dozen times; the folded
+    specification of the whole batch (and its absolute value) is built once here and each
+    evaluation only selects its rows. Meant for use without autograd (``torch.no_grad``).
+    """
+    layers = layers_of(model)
+    if ctx is None:
+        ctx = BoundContext()
+        if model.training and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in layers):
+            _, ctx = clean_pass(model, x)
+    wspec, bspec = spec_last_layer(layers[-1], y)
+    wspec_abs = wspec.abs()
+
+    def f(idx: Tensor, eps: Tensor) -> Tensor:
+        _, c, r = propagate(layers, ctx, box=input_box(x[idx], eps))
+        centre = torch.baddbmm(bspec[idx].unsqueeze(2), wspec[idx], c.unsqueeze(2))
+        return (centre - torch.bmm(wspec_abs[idx], r.unsqueeze(2))).squeeze(2)
+
+    return f
 
 
 def joint_ibp(

@@ -10,6 +10,9 @@ ramp, when eps_i may be floored at ``min_eps``.
 
 BatchNorm (train mode): the clean-batch statistics are computed once per batch and used by
 every bound evaluation of the root solver and by the loss pass (the Shi et al. convention).
+One clean pass (with autograd) serves the loss, the statistics and the solver's clean
+margins, so a step costs one clean pass, the solver's bound passes and one bound pass
+with gradient.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.bounds import clean_pass, ibp_margins
-from trainers.bounds.engine import other_classes
+from trainers.bounds import clean_pass
+from trainers.bounds.engine import BoundContext, ibp_margins_fn, other_classes
 from trainers.methods.base import StepOutput
 from trainers.methods.ibp import IBP
 from trainers.rootfind import min_margin, solve_radius
@@ -28,15 +31,21 @@ from trainers.schedules import reg_weight_at
 
 @torch.no_grad()
 def adaptive_radii(
-    model: nn.Sequential, x: Tensor, y: Tensor, cap: float, *, iters: int, rel_tol: float
+    model: nn.Sequential, x: Tensor, y: Tensor, cap: float, *, iters: int, rel_tol: float,
+    clean: tuple[Tensor, BoundContext] | None = None,
 ) -> Tensor:
-    """Per-sample certified radii under the current model, capped at ``cap`` (no gradient)."""
-    logits, ctx = clean_pass(model, x, update_stats=False)
+    """Per-sample certified radii under the current model, capped at ``cap`` (no gradient).
+
+    ``clean`` = (logits, ctx) of a ``clean_pass`` on this very batch, if the caller has one.
+    """
+    logits, ctx = clean if clean is not None else clean_pass(model, x, update_stats=False)
     others = other_classes(y, logits.shape[1])
     clean_margin = (logits.gather(1, y[:, None]) - logits.gather(1, others)).min(1).values
 
+    bound = ibp_margins_fn(model, x, y, ctx)
+
     def f(idx: Tensor, eps: Tensor) -> Tensor:
-        return min_margin(ibp_margins(model, x[idx], y[idx], eps, ctx))
+        return min_margin(bound(idx, eps))
 
     return solve_radius(f, clean_margin, cap, rel_tol=rel_tol, abs_tol=cap * 1e-4, max_iter=iters)
 
@@ -49,8 +58,12 @@ class ACERT(IBP):
         if eps_t <= 0.0:
             logits = model(x)
             return StepOutput(F.cross_entropy(logits, y), logits, 0.0, 0.0)
-        eps = adaptive_radii(model, x, y, eps_t, iters=self.cfg.root_iters, rel_tol=self.cfg.root_rel_tol)
+        # the clean pass of the loss (autograd, running statistics updated) comes first, so
+        # that the solver reuses its logits and BatchNorm statistics instead of its own pass
+        logits, ctx = clean_pass(model, x, update_stats=True)
+        eps = adaptive_radii(model, x, y, eps_t, iters=self.cfg.root_iters, rel_tol=self.cfg.root_rel_tol,
+                             clean=(logits.detach(), ctx))
         if self.cfg.min_eps > 0 and reg_weight_at(eps_t, self.max_eps, self.cfg.reg_weight) > 0:
             eps = eps.clamp(min=min(self.cfg.min_eps, eps_t))
-        loss, logits = self.bounded_loss(model, x, y, eps, step, eps_t)
+        loss, logits = self.bounded_loss(model, x, y, eps, step, eps_t, clean=(logits, ctx))
         return StepOutput(loss, logits, eps.mean().item(), eps_t)

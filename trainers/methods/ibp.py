@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.bounds import joint_ibp
-from trainers.bounds.engine import input_box
+from trainers.bounds import ibp_margins, joint_ibp
+from trainers.bounds.engine import BoundContext, input_box
 from trainers.methods.base import Method, StepOutput, mixed_loss
 from trainers.methods.regularizers import shi_regularizer
 from trainers.schedules import reg_weight_at
@@ -26,10 +26,21 @@ class IBP(Method):
         loss, logits = self.bounded_loss(model, x, y, eps, step, eps_t)
         return StepOutput(loss, logits, eps_t, eps_t)
 
-    def bounded_loss(self, model, x: Tensor, y: Tensor, eps: Tensor, step: int, eps_t: float):
-        """Mixed robust/standard loss at per-sample radii ``eps``, plus the regulariser during the ramp."""
+    def bounded_loss(self, model, x: Tensor, y: Tensor, eps: Tensor, step: int, eps_t: float,
+                     clean: tuple[Tensor, BoundContext] | None = None):
+        """Mixed robust/standard loss at per-sample radii ``eps``, plus the regulariser during the ramp.
+
+        ``clean`` = (logits, ctx) of a ``clean_pass(update_stats=True)`` of this batch with
+        autograd, when the caller already made one (ACERT); otherwise one joint pass does both.
+        """
         reg_w = reg_weight_at(eps_t, self.max_eps, self.cfg.reg_weight)
-        logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=reg_w > 0 or self.needs_preact)
+        record = reg_w > 0 or self.needs_preact
+        if clean is None:
+            logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=record)
+        else:
+            logits, ctx = clean
+            ctx.preact.clear()
+            lb = ibp_margins(model, x, y, eps, ctx, record_preact=record)
         lb = self.refine(model, x, y, eps, lb, ctx, step)
         loss = mixed_loss(lb, logits, y, self.kappa(step))
         if reg_w > 0:

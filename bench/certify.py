@@ -1,0 +1,151 @@
+"""Certifying N test images (radius per sample and ACR) as a multiple of one IBP forward pass.
+
+    python -m bench.certify [--dataset fashion-mnist] [--n 1000] [--rel-tol 1e-3] [--reps 3]
+
+``trainers.certify.certified_radii`` finds each sample's certified radius in [0, eps_cap]
+to a relative tolerance ``--rel-tol``, all samples of a batch in lockstep (a sample leaves
+the computation when its bracket closes; the clean pass gives the bracket's lower end).
+The unit is one IBP bound pass over the same N images at one radius, in the same batches;
+both run interleaved with the CROWN-IBP certification and one CROWN-IBP bound pass.
+The model is first trained for a few ACERT epochs (``bench.common.acert_pretrained``), so
+that radii are spread over (0, eps_cap) as in a sweep. Besides the time ratios the script
+reports the ACR and ``sample_evals_per_sample``: bound evaluations per certified image.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+import trainers.certify as certify_module
+from bench.common import (
+    acert_pretrained,
+    add_common_args,
+    emit,
+    interleaved,
+    load_data,
+    log,
+    machine,
+    median,
+    ratio,
+    setup,
+)
+from trainers.bounds import get_bound_method
+from trainers.config import DATASET_DEFAULTS, TrainConfig
+from trainers.data import DATASETS
+from trainers.models import build_model, ibp_init
+
+
+class SolverCounter:
+    """Wraps ``solve_radius`` as the certifier sees it, counting bound evaluations per method."""
+
+    def __init__(self, solve) -> None:
+        self.solve, self.samples, self.key = solve, {}, None
+
+    def __call__(self, f, *args, **kwargs):
+        def counted(idx, eps):
+            self.samples[self.key] = self.samples.get(self.key, 0) + idx.numel()
+            return f(idx, eps)
+
+        return self.solve(counted, *args, **kwargs)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    splits, data = load_data(args.dataset, args.data_dir, args.train_samples, args.n, args.seed)
+    spec, defaults = splits.spec, DATASET_DEFAULTS[args.dataset]
+    model_name = args.model or defaults["model"]
+    cfg = TrainConfig(dataset=args.dataset, model=model_name, method="acert", epochs=args.pretrain_epochs + 1,
+                      std_epochs=1, ramp_epochs=max(0, args.pretrain_epochs - 1), batch_size=128,
+                      device=device.type)
+    model = build_model(model_name, input_shape=spec.input_shape, num_classes=spec.num_classes, mean=spec.mean,
+                        std=spec.std, width=args.width)
+    ibp_init(model)
+    model = model.to(device)
+    pre = acert_pretrained(model, splits, cfg, args.pretrain_epochs, device)
+    log(f"certify: pretrained {args.pretrain_epochs} epochs, train_acc {pre.get('train_acc', 0):.3f}")
+    model.eval()
+    x, y = splits.x_test.to(device), splits.y_test.to(device)
+    cap, bs = float(defaults["eps_cap"]), args.batch_size
+    xf = certify_module.as_float(x)
+
+    def one_pass(method: str):
+        bound = get_bound_method(method)
+
+        def go() -> None:
+            with torch.no_grad():
+                for s in range(0, xf.shape[0], bs):
+                    xb = xf[s : s + bs]
+                    bound(model, xb, y[s : s + bs], torch.full((xb.shape[0],), cap / 4, device=device))
+
+        return go
+
+    results: dict[str, tuple] = {}
+
+    def certify(method: str):
+        def go() -> None:
+            counter.key = method
+            results[method] = certify_module.certified_radii(model, x, y, eps_cap=cap, method=method,
+                                                             rel_tol=args.rel_tol, batch_size=bs, device=device)
+
+        return go
+
+    fns = {"ibp_pass": one_pass("ibp"), "certify_ibp": certify("ibp")}
+    if "crown-ibp" in args.methods:
+        fns.update({"crown_ibp_pass": one_pass("crown-ibp"), "certify_crown_ibp": certify("crown-ibp")})
+    counter = SolverCounter(certify_module.solve_radius)
+    certify_module.solve_radius = counter
+    try:
+        times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
+    finally:
+        certify_module.solve_radius = counter.solve
+    runs = args.reps + args.warmup
+    n = x.shape[0]
+    out: dict[str, Any] = {
+        "data": data, "model": model_name, "n": n, "batch_size": bs, "rel_tol": args.rel_tol, "eps_cap": cap,
+        "median_s": {k: median(v) for k, v in times.items()},
+        "certify_ibp_ratio": ratio(times, "certify_ibp", "ibp_pass"),
+    }
+    for method, (radii, preds) in results.items():
+        key = method.replace("-", "_")
+        r = torch.where(preds == y.cpu(), radii, torch.zeros_like(radii))
+        out[f"{key}_acr"] = r.double().mean().item()
+        out[f"{key}_sample_evals_per_sample"] = counter.samples.get(method, 0) / (runs * n)
+    out["clean_acc"] = (results["ibp"][1] == y.cpu()).double().mean().item()
+    if "crown-ibp" in args.methods:
+        out["certify_crown_ibp_ratio"] = ratio(times, "certify_crown_ibp", "ibp_pass")
+        out["certify_crown_ibp_ratio_vs_crown_ibp_pass"] = ratio(times, "certify_crown_ibp", "crown_ibp_pass")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.certify", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(DATASETS))
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--model", default=None, help="registered model (default: the data set's)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--n", type=int, default=1000, help="test images to certify")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--rel-tol", type=float, default=1e-3)
+    p.add_argument("--methods", default="ibp,crown-ibp", help="ibp is always included")
+    p.add_argument("--train-samples", type=int, default=5120)
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    args = p.parse_args(argv)
+    args.methods = ["ibp"] + [m for m in args.methods.split(",") if m and m != "ibp"]
+    if any(m not in ("ibp", "crown-ibp") for m in args.methods):
+        p.error(f"--methods takes ibp and crown-ibp, got {args.methods}")
+    if args.quick:
+        args.dataset, args.model, args.n, args.train_samples, args.batch_size = "synthetic", "mlp_tiny", 64, 64, 32
+        args.pretrain_epochs, args.reps, args.warmup = 2, args.reps or 1, 0
+    args.reps = args.reps or 3
+    device = setup(args)
+    emit({"benchmark": "certify", "machine": machine(device), "reps": args.reps,
+          "goal": {"certify_ibp_ratio": 12.0}, **run(args, device)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""One training step of each method as a multiple of a standard training step.
+
+    python -m bench.step [--archs mnist,cifar] [--batch-sizes 128,256] [--reps 5] [--phase ramp]
+
+A step is what ``trainers.train.train_epoch`` does per batch: the method's loss, the
+``loss.item()`` sync, backward, gradient clipping and an Adam step. Every method trains its
+own copy of the same model on the same batch, interleaved repetition by repetition
+(``bench.common.interleaved``); the figures are median step time / median standard step.
+
+The model is first trained for a few standard steps on a learnable synthetic batch
+(class prototypes plus noise) until it classifies most of it correctly, then for a few
+ACERT steps (``--acert-warmup``) so that its certified radii are not all zero: ACERT's
+radius solver only works on correctly classified samples whose radius lies below the cap.
+Its cost depends on that state, so the script also reports the solver's work
+(``acert_sample_evals_per_sample``) and ``acert_worst_case_ratio``: an IBP step plus
+``root_iters`` bound evaluations of the whole batch, the most ACERT can cost.
+``bench.radius`` measures ACERT over real epochs.
+
+``--phase ramp`` (default) times a step in the middle of the eps ramp: the Shi et al.
+regularisers are on and CROWN-IBP mixes beta = 0.5 of its bound; ``--phase final`` a step
+after the ramp (plain IBP loss; CROWN-IBP's beta is 0 there, so it equals IBP).
+If auto_LiRPA is importable, its IBP step (Shi et al.'s setup) is timed as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import trainers.methods.acert as acert_module
+from bench.common import (
+    EvalCounter,
+    add_common_args,
+    emit,
+    interleaved,
+    log,
+    machine,
+    median,
+    prototype_batch,
+    ratio,
+    setup,
+)
+from trainers.config import TrainConfig
+from trainers.methods import get_method
+from trainers.methods.base import Method, robust_ce
+from trainers.models import build_model, ibp_init
+
+# name -> (registered model, data set whose paper settings apply, input shape, width)
+ARCHS: dict[str, tuple[str, str, tuple[int, int, int], int | None]] = {
+    "mnist": ("cnn_small", "mnist", (1, 28, 28), None),
+    "cifar": ("cnn7", "cifar10", (3, 32, 32), None),
+}
+QUICK_ARCHS = {
+    "mnist": ("cnn_small", "mnist", (1, 28, 28), 4),
+    "cifar": ("cnn7", "cifar10", (3, 16, 16), 4),
+}
+KAPPA = {"mnist": 0.0, "cifar10": 0.25}  # the paper's default loss mixing (PAPER.md)
+METHODS = ("standard", "ibp", "crown-ibp", "acert")
+STEPS_PER_EPOCH, EPOCHS, STD_EPOCHS, RAMP_EPOCHS = 10, 10, 1, 8
+NUM_CLASSES = 10
+WARMUP_STEPS = {"mnist": 30, "cifar": 0}
+
+
+def pretrain(model: nn.Sequential, x: Tensor, y: Tensor, *, max_steps: int, target_acc: float = 0.9) -> float:
+    """Standard training steps on (x, y) until ``target_acc``; returns the last accuracy."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    acc = 0.0
+    for _ in range(max_steps):
+        logits = model(x)
+        acc = (logits.argmax(1) == y).float().mean().item()
+        if acc >= target_acc:
+            break
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(logits, y).backward()
+        opt.step()
+    return acc
+
+
+def acert_warmup(model: nn.Sequential, method: Method, x: Tensor, y: Tensor, step: int, n: int) -> float:
+    """``n`` ACERT steps, so that the certified radii are not all zero; the last mean radius."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    radius = 0.0
+    for _ in range(n):
+        res = method.step(model, x, y, step)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        opt.step()
+        radius = float(res.mean_radius)
+    return radius
+
+
+def solver_worst_fn(model: nn.Sequential, x: Tensor, y: Tensor, eps: float, iters: int) -> Callable[[], None]:
+    """What the ACERT solver costs at most: ``iters`` bound evaluations of the whole batch."""
+    from trainers.bounds import clean_pass
+    from trainers.bounds.engine import BoundContext, ibp_margins_fn
+
+    idx = torch.arange(x.shape[0], device=x.device)
+    e = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+    with torch.no_grad():  # the clean pass is the loss's, shared with the solver: not timed here
+        _, clean_ctx = clean_pass(model, x)
+
+    def run() -> None:
+        with torch.no_grad():
+            f = ibp_margins_fn(model, x, y, BoundContext(affines=dict(clean_ctx.affines)))
+            for _ in range(iters):
+                f(idx, e).min(1).values.sum().item()  # a solver syncs on every step
+
+    return run
+
+
+def train_step_fn(method: Method, model: nn.Sequential, x: Tensor, y: Tensor, step: int, stats: dict):
+    """The body of ``train_epoch`` for one batch, as a closure."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def run() -> None:
+        res = method.step(model, x, y, step)
+        loss = res.loss.item()  # the loop's sync point
+        if not math.isfinite(loss):
+            raise RuntimeError(f"{method.name}: loss {loss}")
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        stats["mean_radius"] = float(res.mean_radius)
+        stats["eps_max"] = float(res.eps_max)
+
+    return run
+
+
+def lirpa_step_fn(model: nn.Sequential, x: Tensor, y: Tensor, eps: float) -> Callable[[], None]:
+    """auto_LiRPA's IBP training step: clean forward (BatchNorm statistics), IBP bound with the
+    specification folded into the last layer, robust cross-entropy, backward, Adam."""
+    from trainers.bounds import _lirpa_compat
+    from trainers.bounds.autolirpa import _lirpa_friendly, _load, spec_matrix
+    from trainers.bounds.engine import input_box
+
+    lirpa = _load()
+    net = _lirpa_friendly(copy.deepcopy(model).eval())
+    with _lirpa_compat.quiet_exporter():
+        bounded = lirpa.BoundedModule(net, torch.zeros_like(x), bound_opts={"relu": "adaptive"}, device=x.device)
+    bounded.train()
+    # BoundedModule.parameters() fails under torch 2.14 (its _named_members override lacks
+    # remove_duplicate); call the override directly
+    params = [v for _, v in bounded._named_members(lambda m: m._parameters.items())]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    e = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+    lo, hi = input_box(x, e)
+    ptb = lirpa.PerturbationLpNorm(norm=float("inf"), eps=e.view(-1, 1, 1, 1), x_L=lo, x_U=hi)
+    c = spec_matrix(y, NUM_CLASSES, dtype=x.dtype)
+
+    def run() -> None:
+        bounded(x)  # clean pass: BatchNorm statistics of the clean batch
+        lb, _ = bounded.compute_bounds(x=(lirpa.BoundedTensor(x, ptb),), C=c, method="IBP", bound_upper=False)
+        loss = robust_ce(lb)
+        loss.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+
+    return run
+
+
+def bench_config(arch: str, spec, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    model_name, dataset, shape, width = spec
+    model = build_model(model_name, input_shape=shape, num_classes=NUM_CLASSES, mean=(0.5,) * shape[0],
+                        std=(0.25,) * shape[0], width=width)
+    ibp_init(model)
+    model = model.to(device).train()
+    x, y = prototype_batch(batch, shape, NUM_CLASSES, args.seed)
+    x, y = x.to(device), y.to(device)
+    acc = pretrain(model, x, y, max_steps=args.pretrain_steps)
+    cfg = TrainConfig(dataset=dataset, method="acert", epochs=EPOCHS, std_epochs=STD_EPOCHS, ramp_epochs=RAMP_EPOCHS,
+                      batch_size=batch, kappa=KAPPA[dataset], device=device.type)
+    step = (STD_EPOCHS + RAMP_EPOCHS // 2) * STEPS_PER_EPOCH if args.phase == "ramp" else EPOCHS * STEPS_PER_EPOCH - 1
+    eps_t = get_method("ibp")(cfg, STEPS_PER_EPOCH).eps_max(step)
+    warm = args.acert_warmup if args.acert_warmup is not None else WARMUP_STEPS[arch]
+    radius = acert_warmup(model, get_method("acert")(cfg, STEPS_PER_EPOCH), x, y, step, warm)
+    fns, stats = {}, {}
+    for name in args.methods:
+        method = get_method(name)(cfg, STEPS_PER_EPOCH)
+        stats[name] = {}
+        fns[name] = train_step_fn(method, copy.deepcopy(model), x, y, step, stats[name])
+    if "acert" in args.methods:
+        fns["acert_solver_worst"] = solver_worst_fn(copy.deepcopy(model).train(), x, y, eps_t / 2, cfg.root_iters)
+    out: dict[str, Any] = {"arch": arch, "model": model_name, "input_shape": list(shape), "batch": batch,
+                           "dataset_settings": dataset, "kappa": cfg.kappa, "eps_max": eps_t,
+                           "pretrain_acc": acc, "acert_warmup_steps": warm,
+                           "acert_warmup_radius_over_eps_max": radius / max(eps_t, 1e-12)}
+    if args.lirpa:
+        from trainers.bounds.autolirpa import auto_lirpa_available
+
+        ok, why = auto_lirpa_available()
+        if ok:
+            try:
+                fns["autolirpa_ibp"] = lirpa_step_fn(model, x, y, eps_t)
+            except Exception as exc:  # noqa: BLE001 -- a comparison, not a requirement
+                out["autolirpa_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            out["autolirpa_error"] = why[:300]
+    log(f"step: {arch} batch {batch}: {', '.join(fns)} x {args.reps} reps")
+    counter = EvalCounter(acert_module.ibp_margins_fn)
+    acert_module.ibp_margins_fn = counter  # the ACERT solver's bound evaluations
+    try:
+        times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
+    finally:
+        acert_module.ibp_margins_fn = counter.factory
+    out["median_ms"] = {k: 1000 * median(v) for k, v in times.items()}
+    for name in fns:
+        if name not in ("standard", "acert_solver_worst"):
+            out[f"{name.replace('-', '_')}_ratio"] = ratio(times, name, "standard")
+    if "acert" in stats:
+        out["acert_mean_radius_over_eps_max"] = stats["acert"].get("mean_radius", 0.0) / max(eps_t, 1e-12)
+        out["acert_sample_evals_per_sample"] = counter.samples / ((args.reps + args.warmup) * batch)
+        # ACERT whose solver runs all root_iters evaluations on the whole batch: its upper bound
+        worst = median(times["ibp"]) + median(times["acert_solver_worst"])
+        out["acert_worst_case_ratio"] = worst / median(times["standard"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--archs", default="mnist,cifar", help=f"comma-separated, from {', '.join(ARCHS)}")
+    p.add_argument("--batch-sizes", default="128,256")
+    p.add_argument("--methods", default=",".join(METHODS), help="standard is always included")
+    p.add_argument("--phase", default="ramp", choices=["ramp", "final"])
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--pretrain-steps", type=int, default=60, help="standard steps at most, to 90%% accuracy")
+    p.add_argument("--acert-warmup", type=int, default=None,
+                   help="ACERT steps after that (default: 30 for mnist; 0 for cifar, whose radii stay 0 "
+                   "on the synthetic batch and whose steps are slow on CPU)")
+    p.add_argument("--no-lirpa", dest="lirpa", action="store_false", help="skip the auto_LiRPA IBP step")
+    args = p.parse_args(argv)
+    archs = QUICK_ARCHS if args.quick else ARCHS
+    names = [a for a in args.archs.split(",") if a]
+    unknown = [a for a in names if a not in archs]
+    if unknown:
+        p.error(f"unknown arch(s) {unknown}; known: {', '.join(archs)}")
+    args.methods = ["standard"] + [m for m in args.methods.split(",") if m and m != "standard"]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+        p.error(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    if args.quick:
+        batches, args.reps, args.warmup, args.pretrain_steps = [8], args.reps or 1, 0, 5
+        args.acert_warmup = 2
+    args.reps = args.reps or 5
+    device = setup(args)
+    configs = [bench_config(a, archs[a], b, args, device) for a in names for b in batches]
+    keys = ("ibp_ratio", "crown_ibp_ratio", "acert_ratio", "acert_worst_case_ratio", "autolirpa_ibp_ratio")
+    summary = {f"max_{k}": max(c[k] for c in configs) for k in keys if all(k in c for c in configs)}
+    emit({"benchmark": "step", "machine": machine(device), "phase": args.phase, "reps": args.reps,
+          "goal": {"ibp_ratio": 2.3, "acert_ratio": 2.3}, "summary": summary, "configs": configs})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Smoke test of the benchmark scripts: each runs with tiny sizes (``--quick``) and prints one
+JSON object with its figures and the machine. Nothing here times anything: the figures of a
+quick run mean nothing, the benchmarks are run by hand (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_KEYS = {"cpu", "torch_threads", "torch", "gpu", "device"}
+EXPECTED = {
+    "step": {"configs", "summary", "phase"},
+    "radius": {"acert_epoch_ratio", "evals_per_batch", "sample_evals_per_sample", "median_epoch_s"},
+    "certify": {"certify_ibp_ratio", "certify_crown_ibp_ratio", "ibp_acr", "ibp_sample_evals_per_sample"},
+    "sweep": {"overhead_1", "ratio_2", "fit_overhead_1", "ray_init_s", "median_s"},
+    "search": {"tpe_vs_random_ratio", "shared_vs_independent_ratio", "median_trials", "best_feasible_acr_norm"},
+}
+
+
+def run_quick(name: str, *extra: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick", "--device", "cpu", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"bench.{name} must print exactly one line on stdout, got {proc.stdout[-1000:]!r}"
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("name", ["step", "radius", "certify", "search"])
+def test_bench_script_prints_one_json_object(name):
+    out = run_quick(name)
+    assert out["benchmark"] == name
+    assert MACHINE_KEYS <= out["machine"].keys()
+    assert EXPECTED[name] <= out.keys()
+    if name == "step":
+        for config in out["configs"]:
+            assert {"ibp_ratio", "crown_ibp_ratio", "acert_ratio", "median_ms"} <= config.keys()
+            assert all(v > 0 for v in config["median_ms"].values())
+
+
+@pytest.mark.timeout(120)
+def test_bench_sweep_prints_one_json_object():
+    out = run_quick("sweep")
+    assert out["benchmark"] == "sweep" and MACHINE_KEYS <= out["machine"].keys()
+    assert EXPECTED["sweep"] <= out.keys() and out["errored_trials"] == 0
