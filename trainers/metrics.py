@@ -1,0 +1,48 @@
+"""Metric names, defined once: the training loop reports them, and the searcher, scheduler,
+MLflow callbacks, frontier and plots read them under the same names.
+
+Names are ``<split>_<figure>``: ``val_acc``, ``val_acr``, ``test_acc``, ``test_acr``,
+``test_cert_acc@0.1``. The certified accuracy at radius eps is ``cert_acc@<eps>`` with eps
+written by :func:`eps_key` (``%.6g``), so a key written by certification is found again by
+anyone who knows the radius.
+"""
+
+from __future__ import annotations
+
+EPOCH = "epoch"  # epochs completed (Tune's time attribute for early stopping)
+DONE = "done"  # True on the result of the last epoch: a trial without it was stopped early
+
+ACC = "acc"  # clean accuracy
+ACR = "acr"  # average certified radius (0 for misclassified samples)
+ACR_NORM = "acr_norm"  # ACR / the data set's max_eps
+CERT_ACC = "cert_acc"  # certified accuracy at a radius: cert_acc@<eps>
+
+VAL_ACC, VAL_ACR = "val_acc", "val_acr"
+TEST_ACC, TEST_ACR = "test_acc", "test_acr"
+TEST_ACR_NORM = "test_acr_norm"
+
+
+def eps_key(eps: float) -> str:
+    """The canonical text of a radius in metric names (0.1 -> '0.1', 8/255 -> '0.0313725')."""
+    return f"{eps:.6g}"
+
+
+def cert_acc_key(eps: float | str, split: str | None = None) -> str:
+    """``cert_acc@0.1`` or, with a split, ``val_cert_acc@0.1``."""
+    text = eps if isinstance(eps, str) else eps_key(eps)
+    name = f"{CERT_ACC}@{text}"
+    return f"{split}_{name}" if split else name
+
+
+def split_key(split: str, figure: str) -> str:
+    """``split_key('val', ACR) == 'val_acr'``."""
+    return f"{split}_{figure}"
+
+
+def is_cert_acc(key: str) -> bool:
+    return key.split("_", 1)[-1].startswith(f"{CERT_ACC}@") or key.startswith(f"{CERT_ACC}@")
+
+
+def cert_eps_of(key: str) -> float:
+    """The radius of a ``[split_]cert_acc@<eps>`` key."""
+    return float(key.rsplit("@", 1)[1])
