@@ -27,6 +27,10 @@ TAG_METHOD = "sweep.method"
 TAG_REASON = "failure_reason"
 TAG_TARGETS = "satisfied_targets"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3.17's UI opens an experiment without this tag on the GenAI "Overview" (traces) page;
+# with it, on "Training runs", where a sweep's parent and trial runs are (STACK.md).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Ray bookkeeping and trial-config echoes: not measurements of the model.
 _NOT_METRICS = {
     "training_iteration",
@@ -48,6 +52,20 @@ _PACKAGES = ("torch", "ray", "optuna", "mlflow", "numpy", "acert-sweep")
 
 def experiment_name(dataset: str) -> str:
     return f"acert-sweep-{dataset}"
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training experiment.
+
+    An existing experiment gets the tag only when it has none (or an empty one): a kind that
+    someone chose in the UI is kept.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if not exp.tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def metric_key(key: str) -> str:
@@ -120,9 +138,7 @@ class SweepTracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            name = experiment_name(self.dataset)
-            exp = self.client.get_experiment_by_name(name)
-            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+            self._experiment_id = ensure_experiment(self.client, experiment_name(self.dataset))
         return self._experiment_id
 
     def _find(self, **tags: str) -> str | None:
