@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainers.registry import Registry
+
 ALLOWED_LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.Flatten, nn.Linear)
 
 
@@ -40,15 +42,12 @@ class Normalize(nn.Module):
 
 # A factory gets (input_shape, num_classes, width) and returns the layers after Normalize.
 ModelFactory = Callable[[tuple[int, int, int], int, int | None], list[nn.Module]]
-MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model")
 
 
 def register_model(fn: ModelFactory) -> ModelFactory:
     """Register ``fn`` under its function name."""
-    if fn.__name__ in MODELS:
-        raise ValueError(f"model {fn.__name__!r} is already registered")
-    MODELS[fn.__name__] = fn
-    return fn
+    return MODELS.register(fn.__name__, fn)
 
 
 def build_model(
@@ -61,8 +60,7 @@ def build_model(
     width: int | None = None,
 ) -> nn.Sequential:
     """Build a registered model; ``width`` scales its channels / hidden units (None: the published size)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    factory = MODELS.get(name)
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape={tuple(input_shape)!r} must be (C, H, W) with positive sizes")
@@ -72,7 +70,7 @@ def build_model(
         raise ValueError(f"num_classes={num_classes!r} must be >= 2")
     if width is not None and width < 1:
         raise ValueError(f"width={width!r} must be >= 1 (or None for the default)")
-    model = nn.Sequential(Normalize(mean, std), *MODELS[name](shape, num_classes, width))  # type: ignore[arg-type]
+    model = nn.Sequential(Normalize(mean, std), *factory(shape, num_classes, width))  # type: ignore[arg-type]
     assert isinstance(model[-1], nn.Linear) and all(isinstance(m, ALLOWED_LAYERS) for m in model[1:]), name
     return model
 
