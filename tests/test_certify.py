@@ -92,6 +92,6 @@ def test_certify_cli_writes_radii_and_summary(tmp_path, capsys):
 
 def test_certify_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", "synthetic", "--output-dir", "o"]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "invalid --checkpoint" in capsys.readouterr().err
     assert main(["--checkpoint", "x", "--dataset", "imagenet", "--output-dir", "o"]) == 2
-    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    assert "invalid --dataset 'imagenet'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainers.certify import certified_radii
-from trainers.config import TrainConfig
+from trainers.config import ConfigError, TrainConfig
 from trainers.methods import TRAINING_METHODS
 from trainers.methods.acert import adaptive_radii
 from trainers.models import build_model, load_model
@@ -98,14 +98,26 @@ def test_config_rejects_bad_values_by_name():
         TrainConfig(kappa=1.5)
     with pytest.raises(ValueError, match="method='sabr'"):
         TrainConfig(method="sabr")
-    cfg = TrainConfig.from_dict({"dataset": "synthetic", "lr": 0.01, "target": 0.9})
-    assert cfg.lr == 0.01 and cfg.extra == {"target": 0.9}
+    # a key neither the run nor its method knows is an error naming the key and the method
+    with pytest.raises(ConfigError, match="'target' for method 'acert'"):
+        TrainConfig.from_dict({"dataset": "synthetic", "lr": 0.01, "target": 0.9})
+    with pytest.raises(ConfigError, match="'beta_start' for method 'ibp'"):
+        TrainConfig.from_dict({"method": "ibp", "beta_start": 0.5})
+    with pytest.raises(ConfigError, match="root_iters=0"):
+        TrainConfig.from_dict({"method": "acert", "root_iters": 0})
+    cfg = TrainConfig.from_dict({"dataset": "synthetic", "lr": 0.01, "method": "crown-ibp", "beta_end": 0.25})
+    assert cfg.lr == 0.01 and cfg.params.beta_end == 0.25 and cfg.params.beta_start == 1.0
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(method="acert").params == TrainConfig(method="acert").params
 
 
 def test_cli_bad_input_exits_2_and_runs(tmp_path, capsys):
     assert main(["--dataset", "nope", "--output-dir", str(tmp_path)]) == 2
     assert "dataset='nope'" in capsys.readouterr().err
+    assert main(["--method", "ibp", "--min-eps", "0.1", "--output-dir", str(tmp_path)]) == 2
+    assert "'min_eps' for method 'ibp'" in capsys.readouterr().err
+    assert main(["--epochs", "three", "--output-dir", str(tmp_path)]) == 2
+    assert "--epochs" in capsys.readouterr().err
     missing = tmp_path / "empty"
     assert main(["--dataset", "mnist", "--no-download", "--data-dir", str(missing), "--output-dir",
                  str(tmp_path / "o")]) == 2

@@ -14,18 +14,22 @@ computation cannot turn into a wrong certificate.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from trainers import metrics as M
 from trainers.bounds import get_bound_method
 from trainers.bounds.engine import BoundContext, ibp_margins_fn
+from trainers.config import DEVICES, TrainConfig, _names
 from trainers.rootfind import min_margin, solve_radius
+from trainers.settings import OneLineParser, add_fields, bad, fields_from, flag_of, same_as, setting
 
 SAFETY_REL = 1e-5  # certified iff bound > SAFETY_REL * (1 + max |logit|)
 
@@ -114,11 +118,11 @@ def summarize(radii: Tensor, preds: Tensor, y: Tensor, cert_eps: tuple[float, ..
     out = {
         "n": int(y.numel()),
         "clean_acc": correct.double().mean().item(),
-        "acr": r.mean().item(),
-        "cert_acc": {f"{e:.6g}": (r >= e).double().mean().item() for e in cert_eps},
+        M.ACR: r.mean().item(),
+        M.CERT_ACC: {M.eps_key(e): (r >= e).double().mean().item() for e in cert_eps},
     }
     if max_eps:
-        out["acr_norm"] = out["acr"] / max_eps
+        out[M.ACR_NORM] = out[M.ACR] / max_eps
     return out
 
 
@@ -144,57 +148,80 @@ def evaluate(
     return {**summary, "radii": radii, "preds": preds}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trainers.certify",
-        description="Certify a checkpoint: per-sample certified radii, ACR and certified accuracy.",
-    )
-    p.add_argument("--checkpoint", required=True, help="model.pt written by trainers.train")
-    p.add_argument("--dataset", required=True, help="data set to certify on (its test split)")
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--no-download", action="store_true", help="fail if the data set is not on disk")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--method", default="ibp", choices=["ibp", "crown-ibp", "best"])
-    p.add_argument("--rel-tol", type=float, default=1e-3, help="relative tolerance of the radius search")
-    p.add_argument("--eps-cap", type=float, default=None, help="largest radius searched (default: per data set)")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--limit", type=int, default=None, help="certify only the first N samples")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+@dataclass(frozen=True)
+class CertifyConfig:
+    """The settings of ``python -m trainers.certify``."""
+
+    checkpoint: str = setting(help="model.pt written by trainers.train")
+    dataset: str = setting(help="data set to certify on", known=lambda: _names("trainers.data", "DATASETS"))
+    output_dir: str = setting(help="where radii.csv and summary.json are written")
+    data_dir: str = same_as(TrainConfig, "data_dir")
+    download: bool = same_as(TrainConfig, "download")
+    method: str = setting("ibp", "bound method", known=lambda: _names("trainers.bounds", "BOUND_METHODS"))
+    rel_tol: float = setting(1e-3, "relative tolerance of the radius search")
+    eps_cap: float | None = setting(None, "largest radius searched (default: the data set's)")
+    split: str = setting("test", "split to certify: test or val")
+    limit: int | None = setting(None, "certify only the first N samples")
+    batch_size: int = setting(512, "samples certified together")
+    device: str = same_as(TrainConfig, "device")
+
+    def __post_init__(self) -> None:
+        from trainers.bounds import BOUND_METHODS
+        from trainers.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise bad("--dataset", self.dataset, f"known: {', '.join(DATASETS.names())}")
+        if self.method not in BOUND_METHODS:
+            raise bad("--method", self.method, f"known: {', '.join(BOUND_METHODS.names())}")
+        if not Path(self.checkpoint).is_file():
+            raise bad("--checkpoint", self.checkpoint, "no such file")
+        if not 0 < self.rel_tol < 1:
+            raise bad("--rel-tol", self.rel_tol, "must lie in (0, 1)")
+        if self.split not in ("test", "val"):
+            raise bad("--split", self.split, "choose test or val")
+        if self.eps_cap is not None and not self.eps_cap > 0:
+            raise bad("--eps-cap", self.eps_cap, "must be > 0")
+        for name in ("limit", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise bad("--" + name.replace("_", "-"), v, "must be >= 1")
+        if self.device not in DEVICES:
+            raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m trainers.certify",
+                      description="Certify a checkpoint: per-sample certified radii, ACR and certified accuracy.")
+    for f in dataclasses.fields(CertifyConfig):  # the three without default are required
+        if f.default is dataclasses.MISSING:
+            p.add_argument(flag_of(f.name), dest=f.name, required=True, help=f.metadata["help"])
+    add_fields(p, CertifyConfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.config import DATASET_DEFAULTS
-    from trainers.data import DATASETS, DataMissingError, load_splits
+    from trainers.data import load_splits
     from trainers.models import load_model, pick_device
 
-    args = _parser().parse_args(argv)
     try:
-        if args.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(DATASETS))}")
-        if not Path(args.checkpoint).is_file():
-            raise ValueError(f"checkpoint not found: {args.checkpoint}")
-        if not 0 < args.rel_tol < 1:
-            raise ValueError(f"--rel-tol must lie in (0, 1), got {args.rel_tol}")
+        args = CertifyConfig(**fields_from(build_parser().parse_args(argv), CertifyConfig))
         device = pick_device(args.device)
         model, meta = load_model(args.checkpoint)
         cfg = meta.get("config", {})
         splits = load_splits(
-            args.dataset, data_dir=args.data_dir, download=not args.no_download,
+            args.dataset, data_dir=args.data_dir, download=args.download,
             val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0),
-            synthetic_size=cfg.get("synthetic_size", 2048),
+            synthetic_size=cfg.get("synthetic_size", TrainConfig.synthetic_size),
         )
-    except (ValueError, DataMissingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # ConfigError, DataMissingError, an unreadable checkpoint
+        print(f"python -m trainers.certify: error: {e}", file=sys.stderr)
         return 2
     x, y = (splits.x_test, splits.y_test) if args.split == "test" else (splits.x_val, splits.y_val)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
-    defaults = DATASET_DEFAULTS[args.dataset]
-    cap = args.eps_cap or defaults["eps_cap"]
+    spec = splits.spec
     model.to(device)
-    res = evaluate(model, x, y, eps_cap=cap, cert_eps=defaults["cert_eps"], max_eps=defaults["max_eps"],
+    res = evaluate(model, x, y, eps_cap=args.eps_cap or spec.eps_cap, cert_eps=spec.cert_eps, max_eps=spec.max_eps,
                    method=args.method, rel_tol=args.rel_tol, batch_size=args.batch_size, device=device)
     write_outputs(Path(args.output_dir), res, y)
     print(json.dumps({k: v for k, v in res.items() if k not in ("radii", "preds")}, indent=2))

@@ -1,4 +1,4 @@
-"""The training loop, its command line, and the Ray Tune trainable.
+"""The training loop and its command line.
 
     python -m trainers.train --dataset mnist --method acert --epochs 10 --output-dir OUT
 
@@ -12,7 +12,6 @@ is certified (reported only: selection uses validation figures).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -21,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from trainers import metrics as M
 from trainers.certify import evaluate
-from trainers.config import DATASET_DEFAULTS, TrainConfig
-from trainers.data import DataMissingError, Splits, iterate_batches, load_splits
-from trainers.methods import get_method
+from trainers.config import TrainConfig
+from trainers.data import Splits, iterate_batches, load_splits
+from trainers.methods import TRAINING_METHODS, StepOutput, TrainingMethod, build_method
 from trainers.models import build_model, ibp_init, pick_device, save_checkpoint
+from trainers.settings import OneLineParser, add_fields
 
 EpochCallback = Callable[[dict[str, Any], Path], None]
 
@@ -40,7 +41,7 @@ def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequenti
     spec = splits.spec
     model = build_model(cfg.model_name, input_shape=spec.input_shape, num_classes=spec.num_classes,
                         mean=spec.mean, std=spec.std, width=cfg.width)
-    if cfg.ibp_init and cfg.method != "standard":
+    if cfg.ibp_init and TRAINING_METHODS.get(cfg.method).certified:
         ibp_init(model)
     return model.to(device)
 
@@ -64,12 +65,12 @@ def validate(model: nn.Sequential, splits: Splits, cfg: TrainConfig, device: tor
         correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in
                       iterate_batches(x, y, 1024, shuffle=False, generator=None, device=device))
     n_cert = cfg.val_acr_samples if split == "val" else (cfg.test_samples or x.shape[0])
-    d = DATASET_DEFAULTS[cfg.dataset]
-    res = evaluate(model, x[:n_cert], y[:n_cert], eps_cap=d["eps_cap"], cert_eps=d["cert_eps"],
-                   max_eps=d["max_eps"], method=cfg.cert_method, rel_tol=cfg.cert_rel_tol, device=device)
-    out = {f"{split}_acc": correct / max(1, x.shape[0]), f"{split}_acr": res["acr"],
-           f"{split}_acr_norm": res["acr_norm"]}
-    out.update({f"{split}_cert_acc@{e}": v for e, v in res["cert_acc"].items()})
+    d = splits.spec
+    res = evaluate(model, x[:n_cert], y[:n_cert], eps_cap=d.eps_cap, cert_eps=d.cert_eps,
+                   max_eps=d.max_eps, method=cfg.cert_method, rel_tol=cfg.cert_rel_tol, device=device)
+    out = {M.split_key(split, M.ACC): correct / max(1, x.shape[0]), M.split_key(split, M.ACR): res[M.ACR],
+           M.split_key(split, M.ACR_NORM): res[M.ACR_NORM]}
+    out.update({M.cert_acc_key(e, split): v for e, v in res[M.CERT_ACC].items()})
     return out
 
 
@@ -86,7 +87,7 @@ def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCal
                          seed=cfg.seed, train_subset=cfg.train_subset, synthetic_size=cfg.synthetic_size)
     model = build(cfg, splits, device)
     steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
-    method = get_method(cfg.method)(cfg, steps_per_epoch)
+    method = build_method(cfg, steps_per_epoch)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     start, history = 0, []
@@ -97,20 +98,38 @@ def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCal
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
         log(f"resuming {out} after epoch {start}")
-    augment = cfg.dataset in ("cifar10", "tinyimagenet")
     for epoch in range(start, cfg.epochs):
-        metrics = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, augment)
+        metrics = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, splits.spec.augment)
         metrics.update(validate(model, splits, cfg, device, "val"))
         if epoch == cfg.epochs - 1:
             if cfg.eval_test_at_end:
                 metrics.update(validate(model, splits, cfg, device, "test"))
-            metrics["done"] = True
+            metrics[M.DONE] = True
         history.append(metrics)
         _save(out, model, cfg, splits, opt, sched, epoch + 1, history)
         log(format_metrics(metrics))
         if on_epoch is not None:
             on_epoch(metrics, out)
     return history[-1] if history else {}
+
+
+def train_step(model: nn.Sequential, method: TrainingMethod, opt: torch.optim.Optimizer, sched, x: Tensor,
+               y: Tensor, step: int, *, grad_clip: float) -> tuple[StepOutput, float]:
+    """One optimisation step: the method's loss, a divergence check, backward, clip, update.
+
+    The seam the loop and ``bench.step`` share. Returns the method's output and the loss value."""
+    res = method.step(model, x, y, step)
+    loss = res.loss.item()  # sync point: a NaN must stop the trial before it reaches the weights
+    if not math.isfinite(loss):
+        raise DivergedError(f"loss is {loss} at step {step} (eps_max={res.eps_max:.4g})")
+    opt.zero_grad(set_to_none=True)
+    res.loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return res, loss
 
 
 def train_epoch(model, method, opt, sched, splits: Splits, cfg: TrainConfig, epoch: int, device, augment: bool):
@@ -122,23 +141,14 @@ def train_epoch(model, method, opt, sched, splits: Splits, cfg: TrainConfig, epo
                               device=device, augment=augment)
     for i, (x, y) in enumerate(batches):
         step = epoch * method.steps_per_epoch + i
-        res = method.step(model, x, y, step)
-        loss = res.loss.item()  # sync point: a NaN must stop the trial before it reaches the weights
-        if not math.isfinite(loss):
-            raise DivergedError(f"loss is {loss} at epoch {epoch + 1}, step {step} (eps_max={res.eps_max:.4g})")
-        opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        res, loss = train_step(model, method, opt, sched, x, y, step, grad_clip=cfg.grad_clip)
         b = y.shape[0]
         n += b
         loss_sum += loss * b
         correct += int((res.logits.argmax(1) == y).sum())
         radius_sum += float(res.mean_radius) * b
         eps_max = res.eps_max
-    return {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "mean_radius": radius_sum / n,
+    return {M.EPOCH: epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "mean_radius": radius_sum / n,
             "eps_max": eps_max, "lr": sched.get_last_lr()[0], "epoch_time_s": time.perf_counter() - t0}
 
 
@@ -148,80 +158,31 @@ def format_metrics(m: dict[str, Any]) -> str:
     return "  ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys if k in m)
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: reports every epoch with a checkpoint holding ``model.pt``.
-
-    A restarted trial (``FailureConfig(max_failures)`` or ``Tuner.restore``) continues from its
-    last reported checkpoint. Ray is imported here only: ``trainers`` does not depend on it.
-    """
-    import shutil
-    import tempfile
-
-    from ray import tune
-
-    cfg = TrainConfig.from_dict(config)
-    workdir = Path(tempfile.mkdtemp(prefix="acert-trial-"))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            shutil.copytree(d, workdir, dirs_exist_ok=True)
-
-    def report(metrics: dict[str, Any], out: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
-
-    try:
-        run_training(cfg, output_dir=workdir, on_epoch=report, resume=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 # --- command line ------------------------------------------------------------------------
-_HELP = {
-    "dataset": "data set: mnist, fashion-mnist, cifar10, tinyimagenet, synthetic",
-    "method": "training method: standard, ibp, crown-ibp, acert",
-    "max_eps": "training radius cap (pixel units); default: the data set's (PAPER.md)",
-    "std_epochs": "epochs of standard training before the radius ramp",
-    "ramp_epochs": "epochs of the eps_max(t) ramp up to max_eps",
-    "kappa": "weight of the standard loss in (1 - kappa) L_rob + kappa L_std",
-    "kappa_final": "if set, kappa moves linearly to this value by the last epoch",
-    "reg_weight": "weight of the Shi et al. 2021 regularisers during the ramp (0 disables)",
-    "min_eps": "floor of the adaptive radii while regularising (ACERT)",
-    "root_iters": "bound evaluations per batch for the adaptive radii (ACERT)",
-    "cert_method": "bound used for validation/test certification: ibp, crown-ibp, best",
-    "val_acr_samples": "validation samples certified each epoch for the validation ACR",
-    "train_subset": "train on the first N training samples only (quick runs)",
-    "device": "auto (CUDA if available), cpu or cuda",
-    "threads": "torch CPU threads (default: torch's choice)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> OneLineParser:
+    """Flags generated from :class:`TrainConfig` and every registered method's params."""
+    p = OneLineParser(prog="python -m trainers.train", description=__doc__)
     p.add_argument("--output-dir", required=True, help="where model.pt, state.pt are written")
-    p.add_argument("--no-download", action="store_true", help="fail if the data set is not on disk")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/state.pt exists")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("extra", "download"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type).replace(" | None", "")
-        if kind == "bool":
-            p.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=_HELP.get(f.name))
-        else:
-            conv = {"int": int, "float": float, "str": str}[kind]
-            p.add_argument(flag, type=conv, default=f.default, help=_HELP.get(f.name, " "))
+    add_fields(p, TrainConfig)
+    for name, spec in TRAINING_METHODS.items():  # method settings: only those given are passed on
+        add_fields(p, spec.params, suppress_defaults=True)
     return p
 
 
+def parse_train_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Flags -> validated TrainConfig (a method setting the method does not take is an error)."""
+    ns = build_parser().parse_args(argv)
+    values = {k: v for k, v in vars(ns).items() if k not in ("output_dir", "no_resume")}
+    return TrainConfig.from_dict(values), ns
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k not in ("output_dir", "no_download", "no_resume")}
     try:
-        cfg = TrainConfig(**values, download=not args.no_download)
-        final = run_training(cfg, output_dir=args.output_dir, resume=not args.no_resume)
-    except (ValueError, DataMissingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        cfg, ns = parse_train_args(argv)
+        final = run_training(cfg, output_dir=ns.output_dir, resume=not ns.no_resume)
+    except ValueError as e:  # ConfigError (bad flags, DataMissingError), or a bad value found at run time
+        print(f"python -m trainers.train: error: {e}", file=sys.stderr)
         return 2
     except DivergedError as e:
         print(f"diverged: {e}", file=sys.stderr)

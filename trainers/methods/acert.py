@@ -17,32 +17,56 @@ with gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.bounds import clean_pass
 from trainers.bounds.engine import BoundContext, ibp_margins_fn, other_classes
-from trainers.methods.base import StepOutput
-from trainers.methods.ibp import IBP
+from trainers.methods.base import register_method
+from trainers.methods.certified import CertifiedTraining
 from trainers.rootfind import min_margin, solve_radius
-from trainers.schedules import reg_weight_at
+from trainers.settings import bad, setting
+
+
+@dataclass(frozen=True)
+class ACERTParams:
+    root_iters: int = setting(10, "ACERT: bound evaluations per batch for the adaptive radii")
+    root_rel_tol: float = setting(1e-4, "ACERT: relative tolerance of the adaptive radii")
+    min_eps: float = setting(0.0, "ACERT: floor of the adaptive radii while regularising")
+
+    def __post_init__(self) -> None:
+        if self.root_iters < 1:
+            raise bad("root_iters", self.root_iters, "must be >= 1")
+        if not 0 < self.root_rel_tol < 1:
+            raise bad("root_rel_tol", self.root_rel_tol, "must lie in (0, 1)")
+        if self.min_eps < 0:
+            raise bad("min_eps", self.min_eps, "must be >= 0")
 
 
 @torch.no_grad()
 def adaptive_radii(
-    model: nn.Sequential, x: Tensor, y: Tensor, cap: float, *, iters: int, rel_tol: float,
+    model: nn.Sequential,
+    x: Tensor,
+    y: Tensor,
+    cap: float,
+    *,
+    iters: int,
+    rel_tol: float,
     clean: tuple[Tensor, BoundContext] | None = None,
+    bound_factory=ibp_margins_fn,
 ) -> Tensor:
     """Per-sample certified radii under the current model, capped at ``cap`` (no gradient).
 
-    ``clean`` = (logits, ctx) of a ``clean_pass`` on this very batch, if the caller has one.
+    ``clean`` = (logits, ctx) of a ``clean_pass`` on this very batch, if the caller has one;
+    ``bound_factory(model, x, y, ctx) -> f(idx, eps)`` makes the solver's bound function.
     """
     logits, ctx = clean if clean is not None else clean_pass(model, x, update_stats=False)
     others = other_classes(y, logits.shape[1])
     clean_margin = (logits.gather(1, y[:, None]) - logits.gather(1, others)).min(1).values
 
-    bound = ibp_margins_fn(model, x, y, ctx)
+    bound = bound_factory(model, x, y, ctx)
 
     def f(idx: Tensor, eps: Tensor) -> Tensor:
         return min_margin(bound(idx, eps))
@@ -50,20 +74,31 @@ def adaptive_radii(
     return solve_radius(f, clean_margin, cap, rel_tol=rel_tol, abs_tol=cap * 1e-4, max_iter=iters)
 
 
-class ACERT(IBP):
-    name = "acert"
+class AdaptiveRadius:
+    """Each sample at its current certified radius, capped at eps_max(t)."""
 
-    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput:
-        eps_t = self.eps_max(step)
-        if eps_t <= 0.0:
-            logits = model(x)
-            return StepOutput(F.cross_entropy(logits, y), logits, 0.0, 0.0)
-        # the clean pass of the loss (autograd, running statistics updated) comes first, so
-        # that the solver reuses its logits and BatchNorm statistics instead of its own pass
-        logits, ctx = clean_pass(model, x, update_stats=True)
-        eps = adaptive_radii(model, x, y, eps_t, iters=self.cfg.root_iters, rel_tol=self.cfg.root_rel_tol,
-                             clean=(logits.detach(), ctx))
-        if self.cfg.min_eps > 0 and reg_weight_at(eps_t, self.max_eps, self.cfg.reg_weight) > 0:
-            eps = eps.clamp(min=min(self.cfg.min_eps, eps_t))
-        loss, logits = self.bounded_loss(model, x, y, eps, step, eps_t, clean=(logits, ctx))
-        return StepOutput(loss, logits, eps.mean().item(), eps_t)
+    needs_clean = True
+
+    def __init__(self, params: ACERTParams, bound_factory=ibp_margins_fn) -> None:
+        self.params, self.bound_factory = params, bound_factory
+
+    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False) -> Tensor:
+        p = self.params
+        eps = adaptive_radii(
+            model,
+            x,
+            y,
+            eps_t,
+            iters=p.root_iters,
+            rel_tol=p.root_rel_tol,
+            clean=clean,
+            bound_factory=self.bound_factory,
+        )
+        if p.min_eps > 0 and regularising:
+            eps = eps.clamp(min=min(p.min_eps, eps_t))
+        return eps
+
+
+@register_method("acert", ACERTParams)
+def build(cfg, steps_per_epoch: int, *, bound_factory=ibp_margins_fn) -> CertifiedTraining:
+    return CertifiedTraining(cfg, steps_per_epoch, radius=AdaptiveRadius(cfg.params, bound_factory))

@@ -1,58 +1,88 @@
-"""The training-method interface: one class per method, one place that computes its loss.
+"""What a training method is, and the registry of methods.
 
-A method sees the model, a clean batch and the global step, and returns the loss and a few
-statistics. The training loop (``trainers.train``) knows nothing else about it, so adding
-SABR or MTL-IBP is one new file plus one registry line.
+A method is composed, not inherited: a radius policy (which radius each sample is trained at:
+the fixed schedule eps_max(t), or ACERT's adaptive certified radii), a margin bound (IBP, or a
+refinement of it such as CROWN-IBP's beta mixing) and a loss mixing ((1 - kappa) L_rob +
+kappa L_std). ``trainers.methods.certified.CertifiedTraining`` puts them together; a method file
+declares its own settings (a frozen params dataclass) and registers a builder:
+
+    @dataclass(frozen=True)
+    class MyParams:
+        alpha: float = setting(0.5, "...")
+
+    @register_method("my-method", MyParams)
+    def build(cfg: TrainConfig, steps_per_epoch: int) -> TrainingMethod:
+        return CertifiedTraining(cfg, steps_per_epoch, radius=FixedRadius(), margins=MyMargins(cfg.params))
+
+The training loop (``trainers.train``) only calls ``method.step(model, x, y, step)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.config import TrainConfig
-from trainers.schedules import eps_max_at, linear, ramp_progress
+from trainers.registry import Registry
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 
 @dataclass
 class StepOutput:
     loss: Tensor
     logits: Tensor  # clean logits (for training accuracy)
-    mean_radius: float  # mean training radius of the batch
+    mean_radius: float | Tensor  # mean training radius of the batch (a tensor: no device sync)
     eps_max: float  # eps_max(t) at this step
 
 
-class Method:
-    """Base class: the schedules every certified method shares."""
+class TrainingMethod(Protocol):
+    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput: ...
 
-    name = "base"
 
-    def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
-        self.cfg = cfg
-        self.steps_per_epoch = steps_per_epoch
-        self.std_steps = cfg.std_epochs * steps_per_epoch
-        self.ramp_steps = cfg.ramp_epochs * steps_per_epoch
-        self.total_steps = cfg.epochs * steps_per_epoch
-        self.max_eps = cfg.train_max_eps
+@dataclass(frozen=True)
+class NoParams:
+    """The params of a method without settings of its own."""
 
-    def eps_max(self, step: int) -> float:
-        return eps_max_at(
-            step, std_steps=self.std_steps, ramp_steps=self.ramp_steps, max_eps=self.max_eps, shape=self.cfg.ramp_shape
-        )
 
-    def ramp(self, step: int) -> float:
-        return ramp_progress(step, std_steps=self.std_steps, ramp_steps=self.ramp_steps)
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params: type  # frozen dataclass of the method's own settings (fields made with `setting`)
+    build: Callable[..., TrainingMethod]  # build(cfg, steps_per_epoch, **seams) -> TrainingMethod
+    certified: bool = True  # trains for a certified radius (has an ACR to trade, so it is searched)
 
-    def kappa(self, step: int) -> float:
-        """Loss-mixing weight of the standard loss, linear to ``kappa_final`` over training."""
-        end = self.cfg.kappa if self.cfg.kappa_final is None else self.cfg.kappa_final
-        return linear(self.cfg.kappa, end, step / max(1, self.total_steps - 1))
 
-    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput:
-        raise NotImplementedError
+TRAINING_METHODS: Registry[MethodSpec] = Registry("training method")
+
+
+def register_method(name: str, params: type = NoParams, *, certified: bool = True):
+    """Decorator registering a method's builder under ``name`` with its params dataclass."""
+
+    def deco(build: Callable[..., TrainingMethod]) -> Callable[..., TrainingMethod]:
+        TRAINING_METHODS.register(name, MethodSpec(name, params, build, certified))
+        return build
+
+    return deco
+
+
+def build_method(cfg: TrainConfig, steps_per_epoch: int, **seams) -> TrainingMethod:
+    """The training method of ``cfg``; ``seams`` replace components (benchmarks inject counters)."""
+    return TRAINING_METHODS.get(cfg.method).build(cfg, steps_per_epoch, **seams)
+
+
+def certified_methods() -> tuple[str, ...]:
+    return tuple(n for n, spec in TRAINING_METHODS.items() if spec.certified)
+
+
+def standard_step(model: nn.Sequential, x: Tensor, y: Tensor) -> StepOutput:
+    logits = model(x)
+    return StepOutput(F.cross_entropy(logits, y), logits, 0.0, 0.0)
 
 
 def robust_ce(margin_lb: Tensor) -> Tensor:

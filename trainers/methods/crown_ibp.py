@@ -3,22 +3,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from trainers.bounds import crown_ibp_margins
-from trainers.methods.ibp import IBP
+from trainers.methods.base import register_method
+from trainers.methods.certified import CertifiedTraining, FixedRadius, Schedule
 from trainers.schedules import linear
+from trainers.settings import bad, setting
 
 
-class CrownIBP(IBP):
-    name = "crown-ibp"
-    needs_preact = True
+@dataclass(frozen=True)
+class CrownIBPParams:
+    beta_start: float = setting(1.0, "CROWN-IBP: weight of the CROWN-IBP bound when the ramp starts")
+    beta_end: float = setting(0.0, "CROWN-IBP: weight of the CROWN-IBP bound when the ramp ends")
+
+    def __post_init__(self) -> None:
+        for name in ("beta_start", "beta_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, getattr(self, name), "must lie in [0, 1]")
+
+
+class CrownIBPMargins:
+    needs_preact = True  # the backward pass uses IBP's pre-activation bounds
+
+    def __init__(self, params: CrownIBPParams, schedule: Schedule) -> None:
+        self.params, self.schedule = params, schedule
 
     def beta(self, step: int) -> float:
-        return linear(self.cfg.beta_start, self.cfg.beta_end, self.ramp(step))
+        return linear(self.params.beta_start, self.params.beta_end, self.schedule.ramp(step))
 
-    def refine(self, model, x, y, eps, lb, ctx, step) -> Tensor:
+    def __call__(self, model, x, y, eps, lb, ctx, step) -> Tensor:
         beta = self.beta(step)
         if beta <= 0.0:
             return lb
         return beta * crown_ibp_margins(model, x, y, eps, ctx) + (1 - beta) * lb
+
+
+@register_method("crown-ibp", CrownIBPParams)
+def build(cfg, steps_per_epoch: int) -> CertifiedTraining:
+    schedule = Schedule(cfg, steps_per_epoch)
+    return CertifiedTraining(
+        cfg,
+        steps_per_epoch,
+        radius=FixedRadius(),
+        schedule=schedule,
+        margins=CrownIBPMargins(cfg.params, schedule),
+    )
