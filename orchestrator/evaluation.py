@@ -186,14 +186,18 @@ def _fmt(v: Any) -> str:
 def register_winners(
     cfg: SweepConfig, rows: list[dict[str, Any]], results: dict[str, MethodResults], tracker: Any
 ) -> None:
-    """Log each winner with mlflow.pytorch on the parent run and register it, once per sweep."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
+    """Log each winner with mlflow.pytorch on the parent run and register it, once per sweep.
 
+    The model goes with a copy of ``trainers`` (it loads where the project is not installed)
+    and with a real input example: the first validation sample of the data it was trained on
+    (``orchestrator.mlflow_log.log_winner_model``).
+    """
+    import sys
+
+    from orchestrator.mlflow_log import input_example, log_winner_model
+    from trainers.data import DataMissingError
     from trainers.models import load_model
 
-    mlflow.set_tracking_uri(cfg.tracking_uri)
     parent = tracker.parent_run()
     for row in rows:
         if row["status"] != "ok":
@@ -205,21 +209,21 @@ def register_winners(
             continue
         with results[row["method"]].checkpoints[row["trial_id"]].as_directory() as d:
             model, meta = load_model(Path(d) / "model.pt")
-        example = np.zeros((1, *meta["input_shape"]), dtype=np.float32)
-        with mlflow.start_run(run_id=parent):
+        try:
+            example = input_example(meta["config"])
+        except DataMissingError as e:  # the driver may lack the data the workers had
+            print(f"[register] {name}: logged without an input example: {e}", file=sys.stderr)
+            example = None
+        info = log_winner_model(
+            model,
+            tracking_uri=cfg.tracking_uri,
+            run_id=parent,
             # logged-model names may not contain '.': acc0.7 -> acc0_7
-            artifact = f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_")
-            # pickle, not pt2: certification needs the nn.Sequential layers, which an exported
-            # graph no longer has (loading needs `trainers` importable, as it is wherever this runs)
-            info = mlflow.pytorch.log_model(
-                model,
-                name=artifact,
-                registered_model_name=name,
-                serialization_format="pickle",
-                input_example=example,
-            )
-        version = info.registered_model_version
-        row["model_uri"] = f"models:/{name}/{version}"
+            name=f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_"),
+            example=example,
+            registered_model_name=name,
+        )
+        row["model_uri"] = f"models:/{name}/{info.registered_model_version}"
 
 
 def publish_frontier(

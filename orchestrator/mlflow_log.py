@@ -12,9 +12,11 @@ pickles callbacks into the experiment folder.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -246,3 +248,105 @@ class SweepTracker:
                 )
                 n += 1
         return n
+
+
+# --- registered models ----------------------------------------------------------------
+def input_example(train_config: dict[str, Any], n: int = 1) -> Any:
+    """The first ``n`` validation samples (training samples if there is no validation split) of
+    the data a trial was trained on, as the model takes them: float32 [n, C, H, W] in [0, 1].
+
+    ``train_config`` is the ``config`` a checkpoint carries (``TrainConfig.to_dict()``); the
+    split is the trial's seeded one, so the example is a real input of that model's data.
+    Raises ``trainers.data.DataMissingError`` when the data is not here and may not be
+    downloaded.
+    """
+    from trainers.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(train_config)
+    return _first_samples(
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.seed, cfg.synthetic_size, n
+    ).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _first_samples(
+    dataset: str, data_dir: str, download: bool, val_fraction: float, seed: int, synthetic_size: int, n: int
+) -> Any:
+    """Cached: a sweep's winners share their data, which is loaded once."""
+    from trainers.data import load_splits
+
+    splits = load_splits(
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        val_fraction=val_fraction,
+        seed=seed,
+        synthetic_size=synthetic_size,
+    )
+    return model_input((splits.x_val if len(splits.x_val) else splits.x_train)[:n])
+
+
+def model_input(x: Any) -> Any:
+    """Stored images (uint8, or float32 in [0, 1] for ``synthetic``) as the model takes them:
+    a float32 numpy array in [0, 1], as the training loop feeds it."""
+    import torch
+
+    return (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).numpy()
+
+
+def trainers_code_path() -> str:
+    """The folder of the installed ``trainers`` package, logged next to each model."""
+    import trainers
+
+    return str(Path(trainers.__file__).parent)
+
+
+def log_winner_model(
+    model: Any,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    name: str,
+    example: Any | None,
+    registered_model_name: str | None = None,
+) -> Any:
+    """Log a ``trainers.models`` network on run ``run_id`` (and register it, if a name is given)
+    so that ``mlflow.pytorch.load_model(uri)`` returns it where this project is not installed.
+
+    The model is pickled, not exported (pt2): certification needs the ``nn.Sequential`` layers,
+    which an exported graph no longer has. The pickle refers to ``trainers.models.Normalize``,
+    so the ``trainers`` package goes with it as ``code_paths``: MLflow puts that copy on
+    ``sys.path`` when it loads the model, and it is the code the weights were trained with.
+    ``example`` is a real input (see :func:`input_example`); MLflow stores it and infers the
+    signature from it (None: neither). Returns MLflow's ``ModelInfo``. Sets the process's
+    tracking URI (MLflow's model logging reads only that one).
+    """
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    if example is not None and not (
+        isinstance(example, np.ndarray)
+        and example.dtype == np.float32
+        and example.ndim == 4
+        and 0.0 <= example.min()
+        and example.max() <= 1.0
+    ):
+        what = f"{example.dtype} {example.shape}" if isinstance(example, np.ndarray) else type(example)
+        raise ValueError(f"example must be float32 [N, C, H, W] in [0, 1], got {what}")
+    mlflow.set_tracking_uri(tracking_uri)
+    path = list(sys.path)
+    try:
+        return mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name=name,
+            run_id=run_id,  # no start_run: that would end the sweep's parent run on exit
+            registered_model_name=registered_model_name,
+            serialization_format="pickle",
+            code_paths=[trainers_code_path()],
+            input_example=example,
+            pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+            metadata={"input": "float32 [N, C, H, W] in [0, 1]; normalisation is the model's first layer"},
+        )
+    finally:  # checking the example loads the model here, which puts its temporary code folder on sys.path
+        sys.path[:] = path
