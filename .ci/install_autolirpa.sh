@@ -4,7 +4,7 @@
 #
 # PyPI has only auto_LiRPA 0.3, whose metadata pins torch<1.13 / torchvision<0.14: it is
 # installed with --no-deps, then its run-time dependencies by hand (pytest/pylint/ninja from
-# its metadata are not needed at run time). trainers/bounds/_lirpa_compat.py makes it import
+# its metadata are not needed at run time). tests/lirpa/compat.py makes it import
 # and run under torch 2.x / numpy 2 (STACK.md, "auto_LiRPA").
 #
 # Usage: PIP=/path/to/venv/bin/pip PYTHON=/path/to/venv/bin/python .ci/install_autolirpa.sh
@@ -48,7 +48,7 @@ fi
 
 cd "$ROOT"
 "$PYTHON" -c "
-from trainers.bounds.autolirpa import auto_lirpa_available
+from tests.lirpa.backend import auto_lirpa_available
 ok, why = auto_lirpa_available()
 print('auto_LiRPA backend:', why)
 raise SystemExit(0 if ok else 1)

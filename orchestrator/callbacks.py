@@ -13,9 +13,12 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.config import SweepConfig
 from orchestrator.mlflow_log import SweepTracker, result_metrics
 from orchestrator.pareto import TrialPoint, satisfied_targets, select_winner
 from orchestrator.searcher import measured
+from trainers import metrics as M
+from trainers.settings import ConfigError
 
 
 def failure_reason(trial: Any) -> str:
@@ -31,33 +34,40 @@ def failure_reason(trial: Any) -> str:
 
 
 def trial_point(trial: Any, method: str) -> TrialPoint:
-    m = measured(trial.last_result, "val_acr")
+    m = measured(trial.last_result, M.VAL_ACR)
     acc, acr = m if m else (math.nan, math.nan)
     return TrialPoint(trial.trial_id, acc, acr, method, dict(trial.config), failed=trial.status == "ERROR")
 
 
 class MlflowTrialCallback(Callback):
-    """A nested child run per trial: config as params, per-epoch metrics, status and targets."""
+    """A nested child run per trial: its whole training config (``SweepConfig.trial``) and the
+    searcher's keys (target) as params, per-epoch metrics, status and satisfied targets."""
 
-    def __init__(self, tracker: SweepTracker, method: str, targets: tuple[float, ...]) -> None:
-        self.tracker, self.method, self.targets = tracker, method, tuple(targets)
+    def __init__(self, tracker: SweepTracker, method: str, sweep: SweepConfig) -> None:
+        self.tracker, self.method, self.sweep = tracker, method, sweep
+        self.targets = tuple(sweep.accs)
 
     def _run(self, trial: Any) -> str:
-        return self.tracker.trial_run(trial.trial_id, self.method, dict(trial.config))
+        config = dict(trial.config)
+        try:
+            params = self.sweep.trial(config).to_dict()
+        except ConfigError:  # the trial itself fails with this error; its run records why
+            params = {}
+        return self.tracker.trial_run(trial.trial_id, self.method, {**params, **config})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
         self.tracker.log_metrics(self._run(trial), result_metrics(result), step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        m = measured(trial.last_result, "val_acr")
+        m = measured(trial.last_result, M.VAL_ACR)
         run_id = self._run(trial)
         if m is None:  # finished without a usable measurement (e.g. NaN validation ACR)
             self.tracker.end_trial(
                 run_id, status="FAILED", reason="no finite val_acc/val_acr reported", targets=[]
             )
             return
-        stopped = not trial.last_result.get("done", False)
+        stopped = not trial.last_result.get(M.DONE, False)
         self.tracker.client.set_tag(run_id, "stopped_early", str(stopped).lower())
         self.tracker.end_trial(run_id, status="FINISHED", targets=satisfied_targets(m[0], self.targets))
 

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import SweepConfig, format_target, is_remote_uri
+from orchestrator.config import TRIAL_META_KEYS, SweepConfig, format_target, is_remote_uri
 from orchestrator.pareto import TrialPoint, select_winner
 from orchestrator.searcher import measured
 from orchestrator.storage import read_text, write_text
+from trainers import metrics as M
+from trainers.config import TrainConfig
 
 TEST_CACHE = "test_eval.json"
 
@@ -42,7 +44,7 @@ def collect_points(grid: Any, method: str) -> MethodResults:
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        m = measured(metrics, "val_acr")
+        m = measured(metrics, M.VAL_ACR)
         acc, acr = m if m else (math.nan, math.nan)
         config = {k: v for k, v in (result.config or {}).items()}
         out.points.append(TrialPoint(trial_id, acc, acr, method, config, failed=result.error is not None))
@@ -51,63 +53,41 @@ def collect_points(grid: Any, method: str) -> MethodResults:
     return out
 
 
-def evaluate_checkpoint(checkpoint: Any, test_samples: int | None, device: str) -> dict[str, float]:
+def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dict[str, float]:
     """Test-set clean accuracy, ACR and certified accuracy of a trial's checkpoint (runs as a
     Ray task so it gets the trial's resources, e.g. a GPU, wherever the checkpoint lives)."""
     import torch
 
     from trainers.certify import evaluate
-    from trainers.config import DATASET_DEFAULTS, TrainConfig
     from trainers.data import load_splits
     from trainers.models import load_model, pick_device
 
     with checkpoint.as_directory() as d:
         model, meta = load_model(Path(d) / "model.pt")
-    cfg = TrainConfig.from_dict(meta["config"])
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    splits = load_splits(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        synthetic_size=cfg.synthetic_size,
-    )
-    n = test_samples or splits.x_test.shape[0]
-    d = DATASET_DEFAULTS[cfg.dataset]
-    dev = pick_device(device)
-    res = evaluate(
-        model.to(dev),
-        splits.x_test[:n],
-        splits.y_test[:n],
-        eps_cap=d["eps_cap"],
-        cert_eps=d["cert_eps"],
-        max_eps=d["max_eps"],
-        method=cfg.cert_method,
-        rel_tol=cfg.cert_rel_tol,
-        device=dev,
-    )
-    out = {
-        "test_acc": res["clean_acc"],
-        "test_acr": res["acr"],
-        "test_acr_norm": res["acr_norm"],
-        "test_n": float(n),
-        "epoch": float(meta.get("epoch", 0)),
-    }
-    out.update({f"cert_acc@{e}": v for e, v in res["cert_acc"].items()})
+    torch.set_num_threads(train.threads or torch.get_num_threads())
+    splits = load_splits(train.dataset, data_dir=train.data_dir, download=train.download,
+                         val_fraction=train.val_fraction, seed=train.seed, synthetic_size=train.synthetic_size)
+    n = train.test_samples or splits.x_test.shape[0]
+    spec, dev = splits.spec, pick_device(device)
+    res = evaluate(model.to(dev), splits.x_test[:n], splits.y_test[:n], eps_cap=spec.eps_cap, cert_eps=spec.cert_eps,
+                   max_eps=spec.max_eps, method=train.cert_method, rel_tol=train.cert_rel_tol, device=dev)
+    out = {M.TEST_ACC: res["clean_acc"], M.TEST_ACR: res[M.ACR], M.TEST_ACR_NORM: res[M.ACR_NORM],
+           "test_n": float(n), M.EPOCH: float(meta.get("epoch", 0))}
+    out.update({M.cert_acc_key(e): v for e, v in res[M.CERT_ACC].items()})
     return out
 
 
-def evaluate_winners(cfg: SweepConfig, winners: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """trial id -> test figures, for every winner not already in the sweep's cache."""
+def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> dict[str, dict[str, float]]:
+    """trial id -> test figures, for every winner (trial id -> (checkpoint, trial config)) not
+    already in the sweep's cache. Each winner is evaluated with its trial's TrainConfig."""
     import ray
 
     cache_uri = f"{cfg.sweep_dir}/{TEST_CACHE}"
     cache = json.loads(read_text(cache_uri) or "{}")
-    todo = {t: ck for t, ck in winners.items() if t not in cache}
+    todo = {t: w for t, w in winners.items() if t not in cache}
     if todo:
         task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)(evaluate_checkpoint)
-        refs = {t: task.remote(ck, cfg.test_samples, cfg.device) for t, ck in todo.items()}
+        refs = {t: task.remote(ck, cfg.trial(config), cfg.device) for t, (ck, config) in todo.items()}
         for t, ref in refs.items():
             cache[t] = ray.get(ref)
             write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
@@ -127,7 +107,7 @@ def frontier_rows(
                 row.update(status="infeasible", trials=len(res.points))
                 rows.append(row)
                 continue
-            tuned = {k: v for k, v in w.config.items() if k not in _SHARED_KEYS}
+            tuned = {k: v for k, v in w.config.items() if k not in TRIAL_META_KEYS}
             row.update(
                 status="ok",
                 trial_id=w.trial_id,
@@ -141,19 +121,6 @@ def frontier_rows(
             )
             rows.append(row)
     return rows
-
-
-_SHARED_KEYS = {
-    "dataset",
-    "data_dir",
-    "download",
-    "device",
-    "threads",
-    "train_subset",
-    "synthetic_size",
-    "val_acr_samples",
-    "test_samples",
-}
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
@@ -170,8 +137,8 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The frontier as a terminal table (test figures; validation accuracy for reference)."""
-    certs = sorted({k for r in rows for k in r if k.startswith("cert_acc@")}, key=lambda k: float(k[9:]))
-    head = ["dataset", "method", "target", "status", "val_acc", "test_acc", "test_acr", *certs, "trial_id"]
+    certs = sorted({k for r in rows for k in r if M.is_cert_acc(k)}, key=M.cert_eps_of)
+    head = ["dataset", "method", "target", "status", M.VAL_ACC, M.TEST_ACC, M.TEST_ACR, *certs, "trial_id"]
     lines = [head]
     for r in rows:
         lines.append([_fmt(r.get(k, "")) for k in head])
@@ -237,7 +204,7 @@ def publish_frontier(
         for target in cfg.accs:
             w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
             if w is not None:
-                winners[w.trial_id] = res.checkpoints[w.trial_id]
+                winners[w.trial_id] = (res.checkpoints[w.trial_id], w.config)
     tests = evaluate_winners(cfg, winners)
     run_ids = {r.data.tags.get("ray.trial_id"): r.info.run_id for r in tracker.trial_runs()}
     rows = frontier_rows(cfg, results, tests, run_ids)

@@ -15,14 +15,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri, parse_sweep_args
+from orchestrator.cli import parse_sweep_args
+from orchestrator.config import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri
 from orchestrator.storage import read_text, write_text
 from search_spaces import SearchSpace, SpaceContext, get_space
+from trainers.settings import ConfigError
 
 # A killed driver loses at most this many seconds of Tune's experiment state (default ~10 s).
 CHECKPOINT_PERIOD_S = "2"
@@ -88,30 +92,8 @@ def preflight(cfg: SweepConfig) -> None:
 
 
 # --- one Ray Tune experiment per method ---------------------------------------------------
-def trial_base_config(cfg: SweepConfig) -> dict[str, Any]:
-    """What every trial shares; the searcher adds the tuned values and the target.
-
-    The seed is the same for all trials on purpose: it fixes the validation split, so every
-    trial is scored on the same samples."""
-    return {
-        "dataset": cfg.dataset,
-        "data_dir": cfg.data_dir,
-        "download": cfg.download,
-        "model": cfg.model,
-        "device": cfg.device,
-        "threads": cfg.trial_threads,
-        "seed": cfg.seed,
-        "train_subset": cfg.train_subset,
-        "synthetic_size": cfg.synthetic_size,
-        "val_acr_samples": cfg.val_acr_samples,
-        "test_samples": cfg.test_samples,
-    }
-
-
 def space_context(cfg: SweepConfig) -> SpaceContext:
-    from trainers.config import DATASET_DEFAULTS
-
-    return SpaceContext(max_epochs=cfg.epochs, ref_eps=float(DATASET_DEFAULTS[cfg.dataset]["max_eps"]))
+    return SpaceContext(max_epochs=cfg.epochs, ref_eps=float(cfg.spec.max_eps))
 
 
 def optuna_storage(cfg: SweepConfig) -> str | None:
@@ -129,9 +111,9 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
     from orchestrator.callbacks import MlflowTrialCallback, ProgressCallback
     from orchestrator.scheduler import PenalisedASHA
     from orchestrator.searcher import TargetSearcher
-    from trainers.train import train_trial
+    from orchestrator.trainable import make_trainable
 
-    trainable = tune.with_resources(train_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    trainable = make_trainable(cfg)
     path = f"{cfg.sweep_dir}/{method}"
     if tune.Tuner.can_restore(path):
         print(f"[{method}] restoring {path}", flush=True)
@@ -153,7 +135,6 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
         )
     return tune.Tuner(
         trainable,
-        param_space=trial_base_config(cfg),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -163,7 +144,7 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
         run_config=tune.RunConfig(
             name=method,
             storage_path=cfg.sweep_dir,
-            callbacks=[MlflowTrialCallback(tracker, method, cfg.accs), ProgressCallback(method, cfg.accs)],
+            callbacks=[MlflowTrialCallback(tracker, method, cfg), ProgressCallback(method, cfg.accs)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -188,9 +169,16 @@ def init_ray(cfg: SweepConfig) -> bool:
 
 
 # --- the whole sweep --------------------------------------------------------------------
-def run_sweep(cfg: SweepConfig, *, spaces: dict[str, SearchSpace] | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    spaces: dict[str, SearchSpace] | None = None,
+    on_fit: Callable[[str, Any, float], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run (or continue) the sweep and return the frontier rows. ``spaces`` replaces the
-    registered search space of a method (tests use it to inject failing trials)."""
+    registered search space of a method (tests use it to inject failing trials); ``on_fit``
+    is called with (method, ResultGrid, seconds of Tuner.fit) after each method's search
+    (bench.sweep measures the sweep's own overhead with it)."""
     import optuna
     import ray
 
@@ -211,7 +199,10 @@ def run_sweep(cfg: SweepConfig, *, spaces: dict[str, SearchSpace] | None = None)
         points = {}
         for method in cfg.methods:
             space = (spaces or {}).get(method) or get_space(method)
+            t0 = time.perf_counter()
             grid = make_tuner(cfg, method, tracker, space).fit()
+            if on_fit is not None:
+                on_fit(method, grid, time.perf_counter() - t0)
             points[method] = collect_points(grid, method)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
         rows = publish_frontier(cfg, points, tracker)
@@ -227,10 +218,10 @@ def run_sweep(cfg: SweepConfig, *, spaces: dict[str, SearchSpace] | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_sweep_args(argv)
     try:
+        cfg = parse_sweep_args(argv)
         preflight(cfg)
-    except SweepInputError as e:
+    except ConfigError as e:
         print(f"python -m orchestrator.sweep: error: {e}", file=sys.stderr)
         return 2
     print(

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from trainers.registry import Registry
+
 
 class SuggestTrial(Protocol):
     """The part of ``optuna.Trial`` a space may use (keeps this package free of optuna)."""
@@ -37,23 +39,16 @@ class SpaceContext:
 
 
 SearchSpace = Callable[[SuggestTrial, SpaceContext], dict[str, Any]]
-SPACES: dict[str, SearchSpace] = {}
+# One space per training method, under the method's name; the contract tests check that every
+# space returns only settings its method accepts (tests/test_search_spaces.py).
+SPACES: Registry[SearchSpace] = Registry("search space")
 
 
 def register_space(name: str) -> Callable[[SearchSpace], SearchSpace]:
-    def deco(fn: SearchSpace) -> SearchSpace:
-        if name in SPACES:
-            raise ValueError(f"search space {name!r} registered twice")
-        SPACES[name] = fn
-        return fn
-
-    return deco
+    return SPACES.register(name)
 
 
-def get_space(name: str) -> SearchSpace:
-    if name not in SPACES:
-        raise ValueError(f"unknown search space {name!r}; known: {', '.join(sorted(SPACES))}")
-    return SPACES[name]
+get_space = SPACES.get
 
 
 from search_spaces import acert, baselines  # noqa: E402,F401  (registers the spaces)

@@ -1,4 +1,4 @@
-"""Cross-check of the native bound engine against auto_LiRPA (``trainers.bounds.autolirpa``).
+"""Cross-check of the native bound engine against auto_LiRPA (``tests.lirpa.backend``).
 
 Skipped, with the install command as the reason, when no compatible auto_LiRPA is importable
 (``.ci/install_autolirpa.sh`` installs it). Both sides compute the same bounds by construction
@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainers.bounds import BOUND_METHODS, autolirpa, clean_pass, margin_lower
+from tests.lirpa import backend as autolirpa
+from trainers.bounds import BOUND_METHODS, clean_pass, margin_lower
 from trainers.bounds.crown import crown_ibp_margins
 from trainers.models import Normalize
 
@@ -125,7 +126,7 @@ def _params() -> list:
 @pytest.mark.parametrize("name, mode, method, dtype", _params())
 def test_native_matches_auto_lirpa(name: str, mode: str, method: str, dtype: str) -> None:
     model, x, y, eps = make_case(name, mode, getattr(torch, dtype))
-    lirpa = margin_lower(model, x, y, eps, method, backend="auto_lirpa")
+    lirpa = autolirpa.auto_lirpa_margins(model, x, y, eps, method)
     with torch.no_grad():
         native = margin_lower(model, x, y, eps, method)
     assert_close(native, lirpa, 1e-5 if dtype == "float32" else 1e-10)
@@ -226,7 +227,7 @@ def test_missing_auto_lirpa_raises_import_error_with_install_hint(monkeypatch: p
     assert not ok and "pip install --no-deps auto_LiRPA==0.3" in reason and "\n" not in reason
     model, x, y, eps = make_case("mlp", "eval")
     with pytest.raises(ImportError, match="auto_LiRPA is not installed"):
-        margin_lower(model, x, y, eps, "ibp", backend="auto_lirpa")
+        autolirpa.auto_lirpa_margins(model, x, y, eps, "ibp")
 
 
 def _forget_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,12 +265,12 @@ def test_compat_layer_is_lazy_and_idempotent() -> None:
 
     code = (
         "import sys, torch\n"
-        "import trainers.bounds, trainers.bounds.autolirpa\n"
+        "import trainers.bounds, tests.lirpa.backend\n"
         "assert 'auto_LiRPA' not in sys.modules\n"
         "stub = sys.modules.get('numpy.lib.arraysetops')\n"
         "assert stub is None or stub.__spec__ is not None  # not our stub\n"
         "had = hasattr(torch._C.Node, '__getitem__')\n"
-        "from trainers.bounds import _lirpa_compat\n"
+        "from tests.lirpa import compat as _lirpa_compat\n"
         "first = _lirpa_compat.apply(); getitem = getattr(torch._C.Node, '__getitem__', None)\n"
         "second = _lirpa_compat.apply()\n"
         "assert first == second, (first, second)\n"

@@ -112,7 +112,7 @@ class _Affine(nn.Module):
         return x * self.scale.view(view) + self.shift.view(view)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "best"])
+@pytest.mark.parametrize("method", BOUND_METHODS.names())  # every registered bound method
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conv_bn_eval_sound(method, seed):
     net = conv_net(seed=seed).eval()
@@ -124,7 +124,7 @@ def test_conv_bn_eval_sound(method, seed):
     check_sound(net, x, y, eps, method)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("method", BOUND_METHODS.names())
 def test_conv_bn_train_mode_sound_with_clean_batch_statistics(method):
     net = conv_net(seed=3).train()
     x = torch.rand((8, 2, 8, 8), generator=torch.Generator().manual_seed(3))
@@ -135,7 +135,7 @@ def test_conv_bn_train_mode_sound_with_clean_batch_statistics(method):
     check_sound(net, x, y, eps, method, train_mode_ctx=ctx)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("method", BOUND_METHODS.names())
 def test_mlp_sound_many_radii(method):
     net = mlp(seed=4)
     x = torch.rand((16, 1, 3, 4), generator=torch.Generator().manual_seed(4))

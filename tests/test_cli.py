@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from orchestrator import sweep
-from orchestrator.cli import SweepConfig, build_parser, parse_sweep_args
+from orchestrator.cli import SweepConfig, SweepInputError, build_parser, parse_sweep_args
+from trainers.settings import ConfigError
 
 BASE = ["--dataset", "synthetic", "--accs", "0.5,0.7"]
 
@@ -187,6 +188,45 @@ def test_resume_if_exists_continues_a_named_sweep_or_starts_it(in_tmp):
 
 
 def test_resume_if_exists_needs_a_name(in_tmp, capsys):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SweepInputError, match="needs a fixed --name"):  # a typed error, not an exit
         parse_sweep_args(["--dataset", "synthetic", "--accs", "0.9", "--resume-if-exists"])
-    assert e.value.code == 2 and "needs a fixed --name" in capsys.readouterr().err
+    code, err = run_main(["--dataset", "synthetic", "--accs", "0.9", "--resume-if-exists"], capsys)
+    assert code == 2 and "needs a fixed --name" in err and err.count("\n") == 1
+
+
+def test_unknown_flag_is_a_typed_error_and_one_line_in_main(in_tmp, capsys):
+    with pytest.raises(SweepInputError, match="--no-such-flag"):
+        parse_sweep_args([*BASE, "--no-such-flag"])
+    code, err = run_main([*BASE, "--no-such-flag"], capsys)
+    assert code == 2 and "unrecognized arguments: --no-such-flag" in err and err.count("\n") == 1
+
+
+def test_trial_settings_are_checked_before_the_sweep_starts(in_tmp, capsys):
+    code, err = run_main([*BASE, "--model", "resnet"], capsys)
+    assert code == 2 and "model='resnet'" in err
+    code, err = run_main([*BASE, "--val-acr-samples", "0"], capsys)
+    assert code == 2 and "--val-acr-samples 0" in err
+
+
+def test_help_lists_every_setting_with_its_help(capsys):
+    import dataclasses
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for f in dataclasses.fields(SweepConfig):
+        if f.metadata.get("cli", True):
+            flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
+            assert flag in out, flag
+            first_words = " ".join(f.metadata["help"].split()[:2])
+            assert first_words in " ".join(out.split()), first_words
+
+
+def test_a_trial_config_is_made_only_by_sweep_trial(in_tmp):
+    cfg = parse_sweep_args([*BASE, "--synthetic-size", "256", "--threads", "3", "--val-acr-samples", "50"])
+    t = cfg.trial({"method": "crown-ibp", "beta_start": 0.75, "kappa": 0.2, "target": 0.7, "search_phase": 1})
+    assert (t.dataset, t.synthetic_size, t.threads, t.val_acr_samples) == ("synthetic", 256, 3, 50)
+    assert t.method == "crown-ibp" and t.params.beta_start == 0.75 and t.kappa == 0.2
+    with pytest.raises(ConfigError, match="'min_eps' for method 'ibp'"):
+        cfg.trial({"method": "ibp", "min_eps": 0.01})

@@ -187,15 +187,14 @@ def test_registered_model_reproduces_its_test_accuracy(served_sweep):
     import mlflow.pytorch
 
     from trainers.certify import evaluate
-    from trainers.config import DATASET_DEFAULTS
-    from trainers.data import load_splits
+    from trainers.data import get_dataset, load_splits
 
     cfg, rows = served_sweep
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok, "the synthetic task is easy: some target must be feasible"
     mlflow.set_tracking_uri(cfg.tracking_uri)
     splits = load_splits("synthetic", synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-    d = DATASET_DEFAULTS["synthetic"]
+    d = get_dataset("synthetic")
     for row in ok:
         assert row["registered_model"] == f"acert-synthetic-acc{row['target']:g}"
         model = mlflow.pytorch.load_model(f"models:/{row['registered_model']}/latest")
@@ -203,9 +202,9 @@ def test_registered_model_reproduces_its_test_accuracy(served_sweep):
             model,
             splits.x_test,
             splits.y_test,
-            eps_cap=d["eps_cap"],
-            cert_eps=d["cert_eps"],
-            max_eps=d["max_eps"],
+            eps_cap=d.eps_cap,
+            cert_eps=d.cert_eps,
+            max_eps=d.max_eps,
         )
         assert res["clean_acc"] == pytest.approx(row["test_acc"], abs=1e-9)
         assert res["acr"] == pytest.approx(row["test_acr"], rel=1e-6)
@@ -260,3 +259,28 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_session, tmp_path
         assert rows[0]["trial_id"] not in {c.data.tags["ray.trial_id"] for c in failed}
     for c in failed:
         assert not math.isnan(c.data.metrics.get("val_acc", 0.0))
+
+
+def test_a_plugin_method_is_swept_with_no_other_change(ray_session, tmp_path):
+    """A new training method is one file plus one register line (tests/toy_method.py): the
+    sweep imports it as a plugin in the driver and in every trial, searches its space and
+    publishes its frontier."""
+    from orchestrator.cli import parse_sweep_args
+    from tests.toy_method import NAME
+    from trainers.methods import TRAINING_METHODS
+
+    cfg = parse_sweep_args(
+        ["--dataset", "synthetic", "--accs", "0.5", "--methods", NAME, "--plugins", "tests.toy_method",
+         "--trials", "2", "--epochs", "2", "--name", "toy", "--storage", str(tmp_path / "sweeps"),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--synthetic-size", "256",
+         "--val-acr-samples", "50", "--threads", "1", "--max-failures", "0", "--scheduler", "none",
+         "--no-register", "--data-dir", str(tmp_path / "data")]
+    )
+    assert NAME in TRAINING_METHODS and cfg.plugins == ("tests.toy_method",)
+    rows = run_sweep(cfg)
+    children = runs_of(cfg, "trial")
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children), [
+        c.data.tags.get(TAG_REASON) for c in children
+    ]
+    assert all(c.data.params["method"] == NAME and "fraction" in c.data.params for c in children)
+    assert rows[0]["method"] == NAME and rows[0]["status"] in ("ok", "infeasible")

@@ -165,7 +165,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--output-dir", required=True, help="where model.pt, state.pt are written")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/state.pt exists")
     add_fields(p, TrainConfig)
-    for name, spec in TRAINING_METHODS.items():  # method settings: only those given are passed on
+    for _, spec in TRAINING_METHODS.items():  # method settings: only those given are passed on
         add_fields(p, spec.params, suppress_defaults=True)
     return p
 

@@ -1,8 +1,8 @@
 """Bound methods by name: each maps (model, x, y, eps[B]) to lower bounds of the margins
 z_y - z_j (j != y), a tensor [B, K-1] with the classes j in increasing order.
 
-``native`` is the engine of this package (the default); ``auto_lirpa`` is a cross-check
-backend (``trainers.bounds.autolirpa``) used when a compatible auto_LiRPA is importable.
+The engine is this package's own; auto_LiRPA serves as an independent cross-check in the tests
+(``tests/lirpa``), not as a product dependency.
 """
 
 from __future__ import annotations
@@ -30,17 +30,9 @@ BOUND_METHODS.register("best", best_margins)
 get_bound_method = BOUND_METHODS.get
 
 
-def margin_lower(
-    model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, method: str = "ibp", *, backend: str = "native"
-) -> Tensor:
+def margin_lower(model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, method: str = "ibp") -> Tensor:
     """Lower bounds [B, K-1] of z_y - z_j over the l_inf box of radius eps[b] (clipped to [0, 1])."""
-    if backend == "native":
-        return get_bound_method(method)(model, x, y, eps)
-    if backend == "auto_lirpa":
-        from trainers.bounds.autolirpa import auto_lirpa_margins
-
-        return auto_lirpa_margins(model, x, y, eps, method)
-    raise ValueError(f"unknown bound backend {backend!r}; known: {', '.join(BACKENDS)}")
+    return get_bound_method(method)(model, x, y, eps)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """auto_LiRPA as a cross-check backend of the native bound engine.
 
 ``auto_lirpa_margins(model, x, y, eps, method)`` has the semantics of the native methods of
-``trainers.bounds`` (``margin_lower(..., backend="auto_lirpa")`` calls it): lower bounds
+``trainers.bounds`` (the native engine's ``margin_lower``): lower bounds
 [B, K-1] of the margins z_y - z_j, j != y in increasing order, over the l_inf box of
 per-sample radius ``eps[b]`` clipped to [0, 1] (pixel units, before ``Normalize``).
 
@@ -29,7 +29,7 @@ caller's model is never changed. The bounds are computed without autograd and re
 detached: this backend is for checking, not for training.
 
 Compatibility: auto_LiRPA 0.3 (PyPI) works on torch 2.x / numpy 2 with the replacements of
-``trainers.bounds._lirpa_compat``, applied right before the import for versions < 0.5 (or an
+``tests.lirpa.compat``, applied right before the import for versions < 0.5 (or an
 unknown version); newer releases (>= 0.5, from the source repository) are imported as they
 are, and get the replacements only if that import fails. auto_LiRPA 0.3 also needs two
 equivalent rewrites of the (copied) model, see ``_lirpa_friendly``.
@@ -89,7 +89,7 @@ def _one_line(text: str) -> str:
 
 def _import_auto_lirpa() -> Any:
     """``import auto_LiRPA`` with the exporter's warnings and cpp_extension's log silenced."""
-    from trainers.bounds import _lirpa_compat
+    from tests.lirpa import compat as _lirpa_compat
 
     # torch.utils.cpp_extension (imported by auto_LiRPA) logs "No CUDA runtime is found" on
     # CPU-only machines; torch.jit.script deprecation warnings come at import too.
@@ -132,7 +132,7 @@ def _load() -> Any:
     if version is not None and version < MIN_VERSION:
         _ERROR = f"auto_LiRPA {dist} is too old (need >= 0.3): {INSTALL_HINT}"
         raise ImportError(_ERROR)
-    from trainers.bounds import _lirpa_compat
+    from tests.lirpa import compat as _lirpa_compat
 
     attempts = [False, True] if version is not None and version >= NATIVE_SUPPORT_VERSION else [True]
     first_error: Exception | None = None
@@ -226,7 +226,7 @@ def auto_lirpa_bounds(
     if unknown:
         raise ValueError(f"unknown bound method {unknown[0]!r} for auto_LiRPA; known: {', '.join(METHODS)}")
     lirpa = _load()
-    from trainers.bounds import _lirpa_compat
+    from tests.lirpa import compat as _lirpa_compat
 
     layers = layers_of(model)  # same model restrictions (and error messages) as the native engine
     if not model.training and any(

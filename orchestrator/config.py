@@ -1,0 +1,205 @@
+"""The sweep's configuration, declared once: :class:`SweepConfig`.
+
+Every setting is a typed field with its default and help text; the command line of
+``python -m orchestrator.sweep`` is generated from these fields (``orchestrator.cli``), the
+MLflow parent run records them as params, and ``<storage>/<name>/sweep.json`` stores them for
+``--resume``. Settings a sweep shares with its trials (data, device, evaluation sizes, seed)
+are re-declared with :func:`trainers.settings.same_as`, so their default and help are written
+once, in :class:`trainers.config.TrainConfig`.
+
+:meth:`SweepConfig.trial` is the only way a trial's :class:`TrainConfig` is made: the driver,
+the Ray trainable and the test evaluation of the winners all call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainers.config import DEVICES, TrainConfig, _names
+from trainers.metrics import DONE  # noqa: F401  (re-exported for the searcher's users)
+from trainers.settings import ConfigError, bad, same_as, setting
+
+SCHEDULERS = ("asha", "none")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SWEEP_FILE = "sweep.json"
+# Keys the searcher adds to a trial's config that are not training settings.
+TARGET, SEARCH_PHASE = "target", "search_phase"
+TRIAL_META_KEYS = (TARGET, SEARCH_PHASE)
+
+
+class SweepInputError(ConfigError):
+    """Bad user input; the message is one line naming the flag and the offending value."""
+
+
+def format_target(acc: float) -> str:
+    """Canonical text of a target accuracy (0.95 -> '0.95'), used in names and tags."""
+    return f"{acc:g}"
+
+
+def is_remote_uri(path: str) -> bool:
+    """True for pyarrow filesystem URIs (s3://, gs://, ...); local paths and file:// are not."""
+    return "://" in path and not path.startswith("file://")
+
+
+def _searchable() -> tuple[str, ...]:
+    from trainers.methods import certified_methods
+
+    return certified_methods()
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything one sweep depends on."""
+
+    dataset: str = setting(help="data set to sweep", known=lambda: _names("trainers.data", "DATASETS"))
+    accs: tuple[float, ...] = setting(help="target clean accuracies, comma-separated, e.g. 0.6,0.7,0.8")
+    methods: tuple[str, ...] = setting(("acert",), "training methods, comma-separated (one search each)",
+                                       known=_searchable)
+    trials: int = setting(24, "trial budget per method, shared by all targets")
+    epochs: int = same_as(TrainConfig, "epochs", help="epochs per trial (at most; a search space may pick fewer)")
+    data_dir: str = same_as(TrainConfig, "data_dir")
+    download: bool = same_as(TrainConfig, "download")
+    name: str = setting("", "sweep name (default: <dataset>-<time>)")
+    resume: bool = setting(False, "continue the sweep `name` (set by --resume NAME)", cli=False)
+    storage: str = setting("", "folder or pyarrow URI (s3://...) for Ray results and sweep.json (default: ./sweeps)")
+    tracking_uri: str = setting("", "MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
+    address: str | None = setting(None, "Ray cluster address ('auto' joins one; default: $RAY_ADDRESS, else local)")
+    cpus_per_trial: float = setting(1.0, "CPUs reserved per trial")
+    gpus_per_trial: float = setting(0.0, "GPUs per trial; fractions share a GPU, e.g. 0.25")
+    max_concurrent: int = setting(2, "trials running at once")
+    scheduler: str = setting("asha", "early stopping: asha (on penalised validation ACR) or none")
+    grace_epochs: int = setting(1, "ASHA: epochs before a trial may be stopped")
+    penalty: float = setting(10.0, "ASHA: score penalty per unit of accuracy shortfall below a trial's target")
+    seed: int = same_as(TrainConfig, "seed", help="seed of the search and of every trial (fixes the validation split)")
+    max_failures: int = setting(1, "retries of a crashed trial from its checkpoint")
+    device: str = same_as(TrainConfig, "device")
+    model: str | None = same_as(TrainConfig, "model")
+    threads: int | None = same_as(TrainConfig, "threads", help="torch threads per trial (default: cpus per trial)")
+    train_subset: int | None = same_as(TrainConfig, "train_subset")
+    synthetic_size: int = same_as(TrainConfig, "synthetic_size")
+    val_acr_samples: int = same_as(TrainConfig, "val_acr_samples")
+    test_samples: int | None = same_as(TrainConfig, "test_samples")
+    register_models: bool = setting(True, "register each target's winner in the MLflow model registry", flag="register")
+    plugins: tuple[str, ...] = setting((), "modules to import first, comma-separated: they may register data "
+                                           "sets, models, training methods and search spaces")
+
+    def __post_init__(self) -> None:
+        from trainers.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise bad("--dataset", self.dataset, f"known datasets: {', '.join(DATASETS.names())}")
+        self._check_targets()
+        searchable = _searchable()
+        if not self.methods:
+            raise bad("--methods", "", f"choose from {', '.join(searchable)}")
+        for m in self.methods:
+            if m not in searchable:
+                raise bad("--methods", m, f"choose from {', '.join(searchable)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise bad("--methods", ",".join(self.methods), "duplicate method")
+        self._check_numbers()
+        if self.scheduler not in SCHEDULERS:
+            raise bad("--scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
+        if self.device not in DEVICES:
+            raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
+        if not _NAME_RE.match(self.name):
+            raise bad("--name", self.name, "use letters, digits, '.', '_' and '-' (at most 100)")
+        try:  # the trials' shared settings are checked now, not in the first trial
+            self.trial({})
+        except ConfigError as e:
+            raise SweepInputError(str(e)) from None
+
+    def _check_targets(self) -> None:
+        if not self.accs:
+            raise bad("--accs", "", "give at least one target accuracy, e.g. 0.6,0.7")
+        for acc in self.accs:
+            if not (isinstance(acc, int | float) and math.isfinite(acc) and 0.0 < acc < 1.0):
+                raise bad("--accs", acc, "each target accuracy must lie in (0, 1)")
+        dup = sorted({a for a in self.accs if self.accs.count(a) > 1})
+        if dup:
+            raise bad("--accs", format_target(dup[0]), "duplicate target accuracy")
+        object.__setattr__(self, "accs", tuple(sorted(float(a) for a in self.accs)))
+
+    def _check_numbers(self) -> None:
+        ints = {"--trials": (self.trials, 1), "--epochs": (self.epochs, 1), "--max-concurrent": (self.max_concurrent, 1),
+                "--max-failures": (self.max_failures, 0), "--grace-epochs": (self.grace_epochs, 1),
+                "--synthetic-size": (self.synthetic_size, 16), "--val-acr-samples": (self.val_acr_samples, 1)}
+        for flag, (value, low) in ints.items():
+            if not isinstance(value, int) or value < low:
+                raise bad(flag, value, f"must be an integer >= {low}")
+        for flag, value in (("--train-subset", self.train_subset), ("--test-samples", self.test_samples),
+                            ("--threads", self.threads)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise bad(flag, value, "must be an integer >= 1")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise bad("--cpus-per-trial", self.cpus_per_trial, "must be > 0")
+        if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise bad("--gpus-per-trial", self.gpus_per_trial, "must be >= 0 (fractions allowed)")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise bad("--gpus-per-trial", self.gpus_per_trial, "above 1 it must be a whole number")
+        if not (math.isfinite(self.penalty) and self.penalty >= 0):
+            raise bad("--penalty", self.penalty, "must be >= 0")
+        if self.trials < len(self.accs):
+            raise bad("--trials", self.trials, f"needs at least one trial per target ({len(self.accs)})")
+        if self.grace_epochs > self.epochs:
+            raise bad("--grace-epochs", self.grace_epochs, f"must be <= --epochs ({self.epochs})")
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def sweep_dir(self) -> str:
+        """Folder (or URI) holding sweep.json, the Optuna study and one Ray experiment per method."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def trial_threads(self) -> int:
+        return self.threads or max(1, int(self.cpus_per_trial))
+
+    @property
+    def spec(self):
+        from trainers.data import get_dataset
+
+        return get_dataset(self.dataset)
+
+    @property
+    def cert_eps(self) -> tuple[float, ...]:
+        return self.spec.cert_eps
+
+    def trial(self, overrides: Mapping[str, Any]) -> TrainConfig:
+        """The training config of one trial: the settings every trial shares (the fields this
+        config has in common with TrainConfig), then the trial's own values (method and tuned
+        hyperparameters, as a search space returns them). The searcher's bookkeeping keys
+        (target, search phase) are not training settings and are left out.
+
+        The seed is the same for all trials on purpose: it fixes the validation split, so every
+        trial is scored on the same samples."""
+        values = {name: getattr(self, name) for name in _SHARED_WITH_TRIALS}
+        values["threads"] = self.trial_threads
+        values["method"] = self.methods[0]
+        values.update({k: v for k, v in overrides.items() if k not in TRIAL_META_KEYS})
+        return TrainConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SweepConfig:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise SweepInputError(f"invalid sweep setting {unknown[0]!r}: not a field of SweepConfig")
+        kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kept)
+
+    def replace(self, **changes: Any) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_SHARED_WITH_TRIALS = tuple(
+    sorted({f.name for f in dataclasses.fields(SweepConfig)} & {f.name for f in dataclasses.fields(TrainConfig)})
+)
