@@ -1,7 +1,7 @@
 """Offline schema validation of rendered manifests.
 
 - ray.io objects: ``jsonschema`` against the ``openAPIV3Schema`` of the KubeRay CRDs (by default
-  ``<repo>/../shared/k8s/crds``). The schemas are made *strict* first: an object schema that lists
+  the ones vendored in ``tests/fixtures/kuberay-crds``, KubeRay 1.7.0). The schemas are made *strict* first: an object schema that lists
   ``properties`` and neither ``additionalProperties`` nor ``x-kubernetes-preserve-unknown-fields``
   rejects unknown fields, as the API server does under ``kubectl apply``'s default
   ``--validate=strict``. Without it a typo such as ``enableInTreeAutoScaling`` would pass.
@@ -25,8 +25,7 @@ import jsonschema
 import yaml
 
 KUBERNETES_VERSION = "1.33.0"  # the API the manifests must validate against (kubernetes-validate bundles it)
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CRD_DIR = REPO.parent / "shared" / "k8s" / "crds"
+DEFAULT_CRD_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kuberay-crds"
 
 Violation = tuple[str, str]
 

@@ -23,8 +23,15 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import yaml
-from kustomize_lite import split_image
-from manifest_policy import Violation, containers, name_of, quantity_or_none, ray_cluster_specs
+
+from .manifest_policy import (
+    Violation,
+    containers,
+    name_of,
+    quantity_or_none,
+    ray_cluster_specs,
+    split_image,
+)
 
 DNS1035_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 

@@ -20,8 +20,8 @@ import shlex
 from contextlib import redirect_stderr
 from urllib.parse import urlsplit
 
-from manifest_policy import Violation, name_of, pod_templates, quantity_or_none
-from ray_policy import claim_mounts, is_mounted, namespace_of, ray_container, ray_groups
+from .manifest_policy import Violation, name_of, pod_templates, quantity_or_none
+from .ray_policy import claim_mounts, is_mounted, namespace_of, ray_container, ray_groups
 
 SWEEP_PREFIX = ["python", "-m", "orchestrator.sweep"]
 

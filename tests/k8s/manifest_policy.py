@@ -27,8 +27,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from kustomize_lite import split_image
-from manifest_schema import embedded_pod_templates
+from .manifest_schema import embedded_pod_templates
 
 Violation = tuple[str, str]
 WORKLOAD_TEMPLATE_PATHS = {
@@ -60,6 +59,15 @@ QUANTITY_SUFFIX = {
     "Ti": 2.0**40,
     "Pi": 2.0**50,
 }
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """'reg:5000/a/b:1.2@sha256:..' -> ('reg:5000/a/b', '1.2', 'sha256:..')."""
+    rest, _, digest = image.partition("@")
+    name, tag = rest, None
+    if ":" in rest.rsplit("/", 1)[-1]:
+        name, tag = rest.rsplit(":", 1)
+    return name, tag, digest or None
 
 
 def name_of(obj: dict) -> str:

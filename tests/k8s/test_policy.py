@@ -1,9 +1,10 @@
 """Offline checks of the Kubernetes manifests: schemas, security policy, the sweep command line.
 
-Every overlay must pass every check (k8s/check_manifests.py runs the same ones); every rule must
-reject the broken manifests of tests/fixtures/k8s/ for that rule alone. Schemas: the KubeRay CRDs
-in <repo>/../shared/k8s/crds (the tests that need them are skipped, with the reason, if it is
-missing) and kubernetes-validate's bundled Kubernetes schemas (manifest_schema.KUBERNETES_VERSION).
+Every overlay (rendered by ``kubectl kustomize``, see kubectl.py) must pass every check
+(``python -m tests.k8s.check_manifests`` runs the same ones on any folder); every rule must reject
+the broken manifests of tests/fixtures/k8s/ for that rule alone. Schemas: the KubeRay 1.7.0 CRDs
+vendored in tests/fixtures/kuberay-crds and kubernetes-validate's bundled Kubernetes schemas
+(manifest_schema.KUBERNETES_VERSION).
 """
 
 from __future__ import annotations
@@ -11,37 +12,33 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-import sys
+import shutil
 from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-K8S = REPO / "k8s"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "k8s"
-CRD_DIR = REPO.parent / "shared" / "k8s" / "crds"
-sys.path.insert(0, str(K8S))
+from . import json_patch
+from . import manifest_policy as mp
+from . import manifest_schema as ms
+from . import ray_policy as rp
+from . import sweep_policy as sp
+from .check_manifests import all_violations, main
+from .kubectl import render, require_kubectl
 
-import kustomize_lite as kl  # noqa: E402
-import manifest_policy as mp  # noqa: E402
-import manifest_schema as ms  # noqa: E402
-import ray_policy as rp  # noqa: E402
-import sweep_policy as sp  # noqa: E402
-from check_manifests import all_violations  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+FIXTURES = REPO / "tests" / "fixtures" / "k8s"
+CRD_DIR = ms.DEFAULT_CRD_DIR  # tests/fixtures/kuberay-crds
 
 OVERLAYS = {"gpu": False, "gpu-long-lived": False, "cpu-dev": True}  # overlay -> single node
 PINS = rp.pinned_versions(REPO / "pyproject.toml")
-needs_crds = pytest.mark.skipif(
-    not (CRD_DIR / "ray.io_rayjobs.yaml").is_file(),
-    reason=f"KubeRay CRDs not found in {CRD_DIR} (the shared folder beside the repo)",
-)
 
 
 @cache
 def rendered(overlay: str) -> tuple[dict, ...]:
-    return tuple(kl.render(K8S / "overlays" / overlay))
+    return tuple(render(K8S / "overlays" / overlay, require_kubectl()))
 
 
 def objects_of(overlay: str) -> list[dict]:
@@ -60,7 +57,12 @@ def test_core_objects_and_pod_templates_validate_with_kubernetes_validate(overla
     assert ms.schema_violations(objects_of(overlay), crd_dir=None) == []
 
 
-@needs_crds
+def test_the_vendored_crds_are_kuberay_1_7():
+    validators = ms.crd_validators(str(CRD_DIR))
+    assert {("ray.io/v1", k) for k in ("RayCluster", "RayJob", "RayService")} <= set(validators)
+    assert "v1.7.0" in (CRD_DIR / "README.md").read_text()
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ray_objects_validate_against_the_kuberay_crds(overlay):
     objects = objects_of(overlay)
@@ -198,15 +200,64 @@ CASES = [
 def break_overlay(case: dict) -> list[dict]:
     objects = objects_of(case["overlay"])
     for patch in case.get("patches") or []:
-        kl.apply_json6902(find(objects, **patch["target"]), patch["ops"], case["id"])
+        json_patch.apply_json6902(find(objects, **patch["target"]), patch["ops"], case["id"])
     for sub in case.get("substitutions") or []:
         obj = find(objects, **sub["target"])
-        parts = kl._pointer(sub["path"])
-        parent = kl._walk(obj, parts[:-1], case["id"])
+        parts = json_patch.pointer(sub["path"])
+        parent = json_patch.walk(obj, parts[:-1], case["id"])
         key = int(parts[-1]) if isinstance(parent, list) else parts[-1]
         assert sub["old"] in parent[key], f"{case['id']}: {sub['old']!r} not in {sub['path']} (stale fixture)"
         parent[key] = parent[key].replace(sub["old"], sub["new"])
     return objects + copy.deepcopy(case.get("objects") or [])
+
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p"},
+    "spec": {"containers": [{"name": "c", "image": "app:1.0", "env": [{"name": "A", "value": "1"}]}]},
+}
+
+
+def test_json6902_add_replace_remove_and_append():
+    ops = [
+        {"op": "replace", "path": "/spec/containers/0/env/0/value", "value": "2"},
+        {"op": "add", "path": "/spec/containers/0/env/-", "value": {"name": "B", "value": "3"}},
+        {"op": "add", "path": "/spec/containers/0/env/0", "value": {"name": "Z", "value": "0"}},
+        {"op": "remove", "path": "/metadata/name"},
+        {"op": "add", "path": "/metadata/name", "value": "q"},
+        {"op": "add", "path": "/metadata/labels", "value": {"a/b": "x"}},
+        {"op": "replace", "path": "/metadata/labels/a~1b", "value": "y"},
+    ]
+    pod = copy.deepcopy(POD)
+    json_patch.apply_json6902(pod, ops)
+    assert pod["spec"]["containers"][0]["env"] == [
+        {"name": "Z", "value": "0"},
+        {"name": "A", "value": "2"},
+        {"name": "B", "value": "3"},
+    ]
+    assert pod["metadata"] == {"name": "q", "labels": {"a/b": "y"}}
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        {"op": "replace", "path": "/spec/missing", "value": 1},
+        {"op": "remove", "path": "/spec/containers/3"},
+        {"op": "test", "path": "/metadata/name", "value": "other"},
+        {"op": "move", "from": "/metadata", "path": "/x"},
+    ],
+)
+def test_json6902_rejects_bad_operations(op):
+    """A fixture whose patch no longer applies fails loudly instead of breaking nothing."""
+    with pytest.raises(json_patch.PatchError):
+        json_patch.apply_json6902(copy.deepcopy(POD), [op])
+
+
+def test_split_image():
+    assert mp.split_image("reg:5000/a/b:1.2@sha256:ab") == ("reg:5000/a/b", "1.2", "sha256:ab")
+    assert mp.split_image("reg:5000/a/b") == ("reg:5000/a/b", None, None)
+    assert mp.split_image("postgres:17.5-bookworm") == ("postgres", "17.5-bookworm", None)
 
 
 def test_every_rule_has_a_broken_fixture():
@@ -238,12 +289,8 @@ def test_every_rule_has_a_broken_fixture():
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_broken_manifest_is_rejected_for_its_rule_alone(case):
-    have_crds = (CRD_DIR / "ray.io_rayjobs.yaml").is_file()
-    if case["rule"] == "schema-crd" and not have_crds:
-        pytest.skip(f"KubeRay CRDs not found in {CRD_DIR} (the shared folder beside the repo)")
     objects = break_overlay(case)
-    crd_dir = CRD_DIR if have_crds else None
-    problems = all_violations(objects, crd_dir=crd_dir, pins=PINS, single_node=OVERLAYS[case["overlay"]])
+    problems = all_violations(objects, crd_dir=CRD_DIR, pins=PINS, single_node=OVERLAYS[case["overlay"]])
     assert {rule for rule, _ in problems} == {case["rule"]}, problems
 
 
@@ -258,3 +305,23 @@ def test_broken_dockerfile_is_rejected(case, tmp_path):
     broken.write_text(text.replace(case["old"], case["new"]))
     problems = rp.dockerfile_violations(broken, PINS)
     assert problems and {rule for rule, _ in problems} == {"dockerfile"}
+
+
+@pytest.mark.parametrize("overlay, single_node", OVERLAYS.items())
+def test_check_manifests_command_passes_every_overlay(overlay, single_node, capsys):
+    require_kubectl()
+    argv = [str(K8S / "overlays" / overlay)] + (["--single-node"] if single_node else [])
+    assert main(argv) == 0, capsys.readouterr().out
+    assert "0 problem(s)" in capsys.readouterr().err
+
+
+def test_check_manifests_command_reports_a_broken_overlay(tmp_path, capsys):
+    require_kubectl()
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    rayjob = tree / "base" / "rayjob.yaml"
+    assert 'rayVersion: "2.60.0"' in rayjob.read_text()
+    rayjob.write_text(rayjob.read_text().replace('rayVersion: "2.60.0"', 'rayVersion: "2.59.0"'))
+    assert main([str(tree / "overlays" / "gpu")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("ray-version: RayJob/acert-sweep: rayVersion '2.59.0'"), out
