@@ -9,7 +9,8 @@ The unit is one IBP bound pass over the same N images at one radius, in the same
 both run interleaved with the CROWN-IBP certification and one CROWN-IBP bound pass.
 The model is first trained for a few ACERT epochs (``bench.common.acert_pretrained``), so
 that radii are spread over (0, eps_cap) as in a sweep. Besides the time ratios the script
-reports the ACR and ``sample_evals_per_sample``: bound evaluations per certified image.
+reports the ACR and ``sample_evals_per_sample``: bound evaluations per certified image,
+counted by a solver passed to the certifier (``certified_radii(..., solver=...)``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 import torch
 
-import trainers.certify as certify_module
 from bench.common import (
     acert_pretrained,
     add_common_args,
@@ -33,20 +33,23 @@ from bench.common import (
     setup,
 )
 from trainers.bounds import get_bound_method
-from trainers.config import DATASET_DEFAULTS, TrainConfig
+from trainers.certify import as_float, certified_radii
+from trainers.config import TrainConfig
 from trainers.data import DATASETS
 from trainers.models import build_model, ibp_init
+from trainers.rootfind import solve_radius
 
 
 class SolverCounter:
-    """Wraps ``solve_radius`` as the certifier sees it, counting bound evaluations per method."""
+    """A radius solver (``solve_radius`` by default) that counts the samples pushed through
+    the bound function it is given: pass it as ``certified_radii(..., solver=counter)``."""
 
-    def __init__(self, solve) -> None:
-        self.solve, self.samples, self.key = solve, {}, None
+    def __init__(self, solve=solve_radius) -> None:
+        self.solve, self.samples = solve, 0
 
     def __call__(self, f, *args, **kwargs):
         def counted(idx, eps):
-            self.samples[self.key] = self.samples.get(self.key, 0) + idx.numel()
+            self.samples += idx.numel()
             return f(idx, eps)
 
         return self.solve(counted, *args, **kwargs)
@@ -54,21 +57,34 @@ class SolverCounter:
 
 def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     splits, data = load_data(args.dataset, args.data_dir, args.train_samples, args.n, args.seed)
-    spec, defaults = splits.spec, DATASET_DEFAULTS[args.dataset]
-    model_name = args.model or defaults["model"]
-    cfg = TrainConfig(dataset=args.dataset, model=model_name, method="acert", epochs=args.pretrain_epochs + 1,
-                      std_epochs=1, ramp_epochs=max(0, args.pretrain_epochs - 1), batch_size=128,
-                      device=device.type)
-    model = build_model(model_name, input_shape=spec.input_shape, num_classes=spec.num_classes, mean=spec.mean,
-                        std=spec.std, width=args.width)
+    spec = splits.spec
+    model_name = args.model or spec.default_model
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        model=model_name,
+        method="acert",
+        epochs=args.pretrain_epochs + 1,
+        std_epochs=1,
+        ramp_epochs=max(0, args.pretrain_epochs - 1),
+        batch_size=128,
+        device=device.type,
+    )
+    model = build_model(
+        model_name,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        width=args.width,
+    )
     ibp_init(model)
     model = model.to(device)
     pre = acert_pretrained(model, splits, cfg, args.pretrain_epochs, device)
     log(f"certify: pretrained {args.pretrain_epochs} epochs, train_acc {pre.get('train_acc', 0):.3f}")
     model.eval()
     x, y = splits.x_test.to(device), splits.y_test.to(device)
-    cap, bs = float(defaults["eps_cap"]), args.batch_size
-    xf = certify_module.as_float(x)
+    cap, bs = float(spec.eps_cap), args.batch_size
+    xf = as_float(x)
 
     def one_pass(method: str):
         bound = get_bound_method(method)
@@ -82,28 +98,37 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         return go
 
     results: dict[str, tuple] = {}
+    counters = {method: SolverCounter() for method in args.methods}
 
     def certify(method: str):
         def go() -> None:
-            counter.key = method
-            results[method] = certify_module.certified_radii(model, x, y, eps_cap=cap, method=method,
-                                                             rel_tol=args.rel_tol, batch_size=bs, device=device)
+            results[method] = certified_radii(
+                model,
+                x,
+                y,
+                eps_cap=cap,
+                method=method,
+                rel_tol=args.rel_tol,
+                batch_size=bs,
+                device=device,
+                solver=counters[method],
+            )
 
         return go
 
     fns = {"ibp_pass": one_pass("ibp"), "certify_ibp": certify("ibp")}
     if "crown-ibp" in args.methods:
         fns.update({"crown_ibp_pass": one_pass("crown-ibp"), "certify_crown_ibp": certify("crown-ibp")})
-    counter = SolverCounter(certify_module.solve_radius)
-    certify_module.solve_radius = counter
-    try:
-        times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
-    finally:
-        certify_module.solve_radius = counter.solve
+    times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
     runs = args.reps + args.warmup
     n = x.shape[0]
     out: dict[str, Any] = {
-        "data": data, "model": model_name, "n": n, "batch_size": bs, "rel_tol": args.rel_tol, "eps_cap": cap,
+        "data": data,
+        "model": model_name,
+        "n": n,
+        "batch_size": bs,
+        "rel_tol": args.rel_tol,
+        "eps_cap": cap,
         "median_s": {k: median(v) for k, v in times.items()},
         "certify_ibp_ratio": ratio(times, "certify_ibp", "ibp_pass"),
     }
@@ -111,7 +136,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         key = method.replace("-", "_")
         r = torch.where(preds == y.cpu(), radii, torch.zeros_like(radii))
         out[f"{key}_acr"] = r.double().mean().item()
-        out[f"{key}_sample_evals_per_sample"] = counter.samples.get(method, 0) / (runs * n)
+        out[f"{key}_sample_evals_per_sample"] = counters[method].samples / (runs * n)
     out["clean_acc"] = (results["ibp"][1] == y.cpu()).double().mean().item()
     if "crown-ibp" in args.methods:
         out["certify_crown_ibp_ratio"] = ratio(times, "certify_crown_ibp", "ibp_pass")
@@ -122,7 +147,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.certify", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(DATASETS))
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS.names())
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--model", default=None, help="registered model (default: the data set's)")
     p.add_argument("--width", type=int, default=None)
@@ -138,12 +163,25 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in ("ibp", "crown-ibp") for m in args.methods):
         p.error(f"--methods takes ibp and crown-ibp, got {args.methods}")
     if args.quick:
-        args.dataset, args.model, args.n, args.train_samples, args.batch_size = "synthetic", "mlp_tiny", 64, 64, 32
+        args.dataset, args.model, args.n, args.train_samples, args.batch_size = (
+            "synthetic",
+            "mlp_tiny",
+            64,
+            64,
+            32,
+        )
         args.pretrain_epochs, args.reps, args.warmup = 2, args.reps or 1, 0
     args.reps = args.reps or 3
     device = setup(args)
-    emit({"benchmark": "certify", "machine": machine(device), "reps": args.reps,
-          "goal": {"certify_ibp_ratio": 12.0}, **run(args, device)})
+    emit(
+        {
+            "benchmark": "certify",
+            "machine": machine(device),
+            "reps": args.reps,
+            "goal": {"certify_ibp_ratio": 12.0},
+            **run(args, device),
+        }
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainers.bounds.engine import ibp_margins_fn
 from trainers.models import pick_device
 
 
@@ -154,22 +155,26 @@ def load_data(dataset: str, data_dir: str, n_train: int, n_test: int, seed: int)
 
     try:
         s = load_splits(dataset, data_dir=data_dir, download=False, train_subset=n_train, seed=seed)
-        return Splits(s.spec, s.x_train, s.y_train, s.x_val, s.y_val, s.x_test[:n_test], s.y_test[:n_test]), dataset
+        return Splits(
+            s.spec, s.x_train, s.y_train, s.x_val, s.y_val, s.x_test[:n_test], s.y_test[:n_test]
+        ), dataset
     except (DataMissingError, OSError, ValueError) as exc:
         log(f"{dataset} not usable here ({exc}); using synthetic prototypes of its shape")
     spec = DATASETS[dataset]
     x, y = prototype_batch(n_train + n_test, spec.input_shape, spec.num_classes, seed)
-    return Splits(spec, x[:n_train], y[:n_train], x[:1], y[:1], x[n_train:], y[n_train:]), "prototype-synthetic"
+    return Splits(
+        spec, x[:n_train], y[:n_train], x[:1], y[:1], x[n_train:], y[n_train:]
+    ), "prototype-synthetic"
 
 
 def acert_pretrained(model: nn.Sequential, splits, cfg, epochs: int, device: torch.device) -> dict:
     """``epochs`` of ACERT training (``cfg``'s schedule) on ``splits``: a model whose
     samples are mostly classified correctly with radii below the cap, as in a sweep."""
-    from trainers.methods import get_method
+    from trainers.methods import build_method
     from trainers.train import train_epoch
 
     steps = -(-splits.x_train.shape[0] // cfg.batch_size)
-    method = get_method("acert")(cfg, steps)
+    method = build_method(cfg.replace(method="acert"), steps)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     res: dict = {}
@@ -179,10 +184,12 @@ def acert_pretrained(model: nn.Sequential, splits, cfg, epochs: int, device: tor
 
 
 class EvalCounter:
-    """Wraps a bound-function factory (``ibp_margins_fn``) so that every bound evaluation of
-    the functions it makes is counted: ``calls`` passes, ``samples`` samples pushed through."""
+    """A bound-function factory (the ``bound_factory`` seam of ``trainers.methods.acert``,
+    by default ``ibp_margins_fn``) whose functions count every bound evaluation: ``calls``
+    passes, ``samples`` samples pushed through. Pass it as
+    ``build_method(cfg, steps, bound_factory=counter)``."""
 
-    def __init__(self, factory) -> None:
+    def __init__(self, factory: Callable[..., Callable[[Tensor, Tensor], Tensor]] = ibp_margins_fn) -> None:
         self.factory, self.calls, self.samples = factory, 0, 0
 
     def __call__(self, *args, **kwargs):

@@ -10,7 +10,8 @@ two run interleaved, each on its own copy of one model, repetition by repetition
 The model is brought into a realistic state first: ``--pretrain-epochs`` of ACERT training
 (one standard epoch, then the ramp) on the same samples, so that most samples are
 classified correctly and their radii lie below the cap: the solver then has real work.
-Besides the time ratio the script counts the solver's bound evaluations: ``evals_per_batch``
+Besides the time ratio the script counts the solver's bound evaluations (a counting bound factory injected into the timed ACERT
+method, ``build_method(..., bound_factory=...)``): ``evals_per_batch``
 (sequential bound passes) and ``sample_evals_per_sample`` (the samples pushed through them,
 divided by the batch size: the solver's cost in units of one IBP forward pass of the batch).
 Data: the named data set if it is on disk, else a learnable synthetic stand-in (prototypes
@@ -25,7 +26,6 @@ from typing import Any
 
 import torch
 
-import trainers.methods.acert as acert_module
 from bench.common import (
     EvalCounter,
     acert_pretrained,
@@ -40,9 +40,9 @@ from bench.common import (
     ratio,
     setup,
 )
-from trainers.config import DATASET_DEFAULTS, TrainConfig
+from trainers.config import TrainConfig
 from trainers.data import DATASETS
-from trainers.methods import get_method
+from trainers.methods import build_method
 from trainers.models import build_model, ibp_init
 from trainers.train import train_epoch
 
@@ -50,25 +50,46 @@ from trainers.train import train_epoch
 def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     splits, data = load_data(args.dataset, args.data_dir, args.train_samples, 1, args.seed)
     spec = splits.spec
-    defaults = DATASET_DEFAULTS[args.dataset]
-    model_name = args.model or defaults["model"]
+    model_name = args.model or spec.default_model
     epochs = args.pretrain_epochs + 1
-    cfg = TrainConfig(dataset=args.dataset, model=model_name, method="acert", epochs=epochs + 1, std_epochs=1,
-                      ramp_epochs=max(0, args.pretrain_epochs - 1), batch_size=args.batch, device=device.type,
-                      root_iters=args.root_iters)
-    model = build_model(model_name, input_shape=spec.input_shape, num_classes=spec.num_classes, mean=spec.mean,
-                        std=spec.std, width=args.width)
+    cfg = TrainConfig.from_dict(
+        {
+            "dataset": args.dataset,
+            "model": model_name,
+            "method": "acert",
+            "epochs": epochs + 1,
+            "std_epochs": 1,
+            "ramp_epochs": max(0, args.pretrain_epochs - 1),
+            "batch_size": args.batch,
+            "device": device.type,
+            "root_iters": args.root_iters,
+        }
+    )
+    model = build_model(
+        model_name,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        width=args.width,
+    )
     ibp_init(model)
     model = model.to(device)
     steps_per_epoch = -(-splits.x_train.shape[0] // args.batch)
-    methods = {name: get_method(name)(cfg, steps_per_epoch) for name in ("acert", "ibp")}
+    counter = EvalCounter()  # the timed ACERT method's solver: its bound evaluations only
+    methods = {
+        "acert": build_method(cfg, steps_per_epoch, bound_factory=counter),
+        "ibp": build_method(cfg.replace(method="ibp"), steps_per_epoch),
+    }
 
     def epoch_fn(name: str, m: torch.nn.Module, epoch: int, record: dict):
         opt = torch.optim.Adam(m.parameters(), lr=1e-4)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
         def go() -> None:
-            record.update(train_epoch(m, methods[name], opt, sched, splits, cfg, epoch, device, augment=False))
+            record.update(
+                train_epoch(m, methods[name], opt, sched, splits, cfg, epoch, device, augment=False)
+            )
 
         return go
 
@@ -77,17 +98,17 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     # timed epochs at the end of the ramp: eps_max(t) = max_eps, regularisers off
     stats: dict[str, dict] = {"acert": {}, "ibp": {}}
     fns = {name: epoch_fn(name, copy.deepcopy(model), epochs - 1, stats[name]) for name in ("acert", "ibp")}
-    counter = EvalCounter(acert_module.ibp_margins_fn)
-    acert_module.ibp_margins_fn = counter  # the solver's bound evaluations only
-    try:
-        times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
-    finally:
-        acert_module.ibp_margins_fn = counter.factory
+    times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
     runs = args.reps + args.warmup
     n = splits.x_train.shape[0]
     return {
-        "data": data, "model": model_name, "train_samples": n, "batch": args.batch, "root_iters": cfg.root_iters,
-        "root_rel_tol": cfg.root_rel_tol, "eps_max": cfg.train_max_eps,
+        "data": data,
+        "model": model_name,
+        "train_samples": n,
+        "batch": args.batch,
+        "root_iters": cfg.params.root_iters,
+        "root_rel_tol": cfg.params.root_rel_tol,
+        "eps_max": cfg.train_max_eps,
         "acert_mean_radius_over_eps_max": stats["acert"].get("mean_radius", 0.0) / cfg.train_max_eps,
         "train_acc": stats["acert"].get("train_acc"),
         "median_epoch_s": {k: median(v) for k, v in times.items()},
@@ -101,7 +122,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.radius", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(DATASETS))
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS.names())
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--model", default=None, help="registered model (default: the data set's)")
     p.add_argument("--width", type=int, default=None)
@@ -117,8 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     args.reps = args.reps or 5
     device = setup(args)
     result = run(args, device)
-    emit({"benchmark": "radius", "machine": machine(device), "reps": args.reps,
-          "goal": {"acert_epoch_ratio": 1.25}, **result})
+    emit(
+        {
+            "benchmark": "radius",
+            "machine": machine(device),
+            "reps": args.reps,
+            "goal": {"acert_epoch_ratio": 1.25},
+            **result,
+        }
+    )
     return 0
 
 

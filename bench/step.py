@@ -2,38 +2,38 @@
 
     python -m bench.step [--archs mnist,cifar] [--batch-sizes 128,256] [--reps 5] [--phase ramp]
 
-A step is what ``trainers.train.train_epoch`` does per batch: the method's loss, the
-``loss.item()`` sync, backward, gradient clipping and an Adam step. Every method trains its
-own copy of the same model on the same batch, interleaved repetition by repetition
-(``bench.common.interleaved``); the figures are median step time / median standard step.
+A step is ``trainers.train.train_step``, the step ``train_epoch`` takes per batch: the
+method's loss, the ``loss.item()`` sync, backward, gradient clipping and an Adam step (no
+learning-rate schedule here). Every method trains its own copy of the same model on the same
+batch, interleaved repetition by repetition (``bench.common.interleaved``); the figures are
+median step time / median standard step.
 
 The model is first trained for a few standard steps on a learnable synthetic batch
 (class prototypes plus noise) until it classifies most of it correctly, then for a few
 ACERT steps (``--acert-warmup``) so that its certified radii are not all zero: ACERT's
 radius solver only works on correctly classified samples whose radius lies below the cap.
 Its cost depends on that state, so the script also reports the solver's work
-(``acert_sample_evals_per_sample``) and ``acert_worst_case_ratio``: an IBP step plus
-``root_iters`` bound evaluations of the whole batch, the most ACERT can cost.
-``bench.radius`` measures ACERT over real epochs.
+(``acert_sample_evals_per_sample``, counted by a bound factory injected into the timed ACERT
+method) and ``acert_worst_case_ratio``: an IBP step plus ``root_iters`` bound evaluations of
+the whole batch, the most ACERT can cost. ``bench.radius`` measures ACERT over real epochs.
 
 ``--phase ramp`` (default) times a step in the middle of the eps ramp: the Shi et al.
 regularisers are on and CROWN-IBP mixes beta = 0.5 of its bound; ``--phase final`` a step
 after the ramp (plain IBP loss; CROWN-IBP's beta is 0 there, so it equals IBP).
-If auto_LiRPA is importable, its IBP step (Shi et al.'s setup) is timed as well.
+If auto_LiRPA is importable, its IBP step (Shi et al.'s setup) is timed as well, through the
+same ``train_step``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-import trainers.methods.acert as acert_module
 from bench.common import (
     EvalCounter,
     add_common_args,
@@ -47,9 +47,11 @@ from bench.common import (
     setup,
 )
 from trainers.config import TrainConfig
-from trainers.methods import get_method
-from trainers.methods.base import Method, robust_ce
+from trainers.methods import StepOutput, TrainingMethod, build_method
+from trainers.methods.base import robust_ce
+from trainers.methods.certified import Schedule
 from trainers.models import build_model, ibp_init
+from trainers.train import train_step
 
 # name -> (registered model, data set whose paper settings apply, input shape, width)
 ARCHS: dict[str, tuple[str, str, tuple[int, int, int], int | None]] = {
@@ -67,30 +69,29 @@ NUM_CLASSES = 10
 WARMUP_STEPS = {"mnist": 30, "cifar": 0}
 
 
-def pretrain(model: nn.Sequential, x: Tensor, y: Tensor, *, max_steps: int, target_acc: float = 0.9) -> float:
-    """Standard training steps on (x, y) until ``target_acc``; returns the last accuracy."""
+def pretrain(
+    model: nn.Sequential, cfg: TrainConfig, x: Tensor, y: Tensor, *, max_steps: int, target_acc: float = 0.9
+) -> float:
+    """Standard training steps on (x, y) until ``target_acc``; returns the last accuracy
+    (measured on the logits of the last step, before its update)."""
+    method = build_method(cfg.replace(method="standard"), STEPS_PER_EPOCH)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     acc = 0.0
     for _ in range(max_steps):
-        logits = model(x)
-        acc = (logits.argmax(1) == y).float().mean().item()
+        res, _ = train_step(model, method, opt, None, x, y, 0, grad_clip=cfg.grad_clip)
+        acc = (res.logits.argmax(1) == y).float().mean().item()
         if acc >= target_acc:
             break
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(logits, y).backward()
-        opt.step()
     return acc
 
 
-def acert_warmup(model: nn.Sequential, method: Method, x: Tensor, y: Tensor, step: int, n: int) -> float:
+def acert_warmup(model: nn.Sequential, cfg: TrainConfig, x: Tensor, y: Tensor, step: int, n: int) -> float:
     """``n`` ACERT steps, so that the certified radii are not all zero; the last mean radius."""
+    method = build_method(cfg.replace(method="acert"), STEPS_PER_EPOCH)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     radius = 0.0
     for _ in range(n):
-        res = method.step(model, x, y, step)
-        opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        opt.step()
+        res, _ = train_step(model, method, opt, None, x, y, step, grad_clip=cfg.grad_clip)
         radius = float(res.mean_radius)
     return radius
 
@@ -114,103 +115,134 @@ def solver_worst_fn(model: nn.Sequential, x: Tensor, y: Tensor, eps: float, iter
     return run
 
 
-def train_step_fn(method: Method, model: nn.Sequential, x: Tensor, y: Tensor, step: int, stats: dict):
-    """The body of ``train_epoch`` for one batch, as a closure."""
+def train_step_fn(
+    method: TrainingMethod, model: nn.Module, x: Tensor, y: Tensor, step: int, grad_clip: float, stats: dict
+) -> Callable[[], None]:
+    """One ``trainers.train.train_step`` of ``method`` on (x, y), as a closure with its own Adam."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def run() -> None:
-        res = method.step(model, x, y, step)
-        loss = res.loss.item()  # the loop's sync point
-        if not math.isfinite(loss):
-            raise RuntimeError(f"{method.name}: loss {loss}")
-        opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        res, _ = train_step(model, method, opt, None, x, y, step, grad_clip=grad_clip)
         stats["mean_radius"] = float(res.mean_radius)
         stats["eps_max"] = float(res.eps_max)
 
     return run
 
 
-def lirpa_step_fn(model: nn.Sequential, x: Tensor, y: Tensor, eps: float) -> Callable[[], None]:
-    """auto_LiRPA's IBP training step: clean forward (BatchNorm statistics), IBP bound with the
-    specification folded into the last layer, robust cross-entropy, backward, Adam."""
-    from trainers.bounds import _lirpa_compat
-    from trainers.bounds.autolirpa import _lirpa_friendly, _load, spec_matrix
+class LirpaIBP:
+    """auto_LiRPA's IBP training loss (Shi et al.'s setup) as a training method, so that its
+    step is ``train_step`` too: a clean forward pass (BatchNorm statistics of the clean batch),
+    the IBP bound with the specification folded into the last layer, robust cross-entropy.
+
+    Its model is ``nn.ModuleList([bounded])``: ``BoundedModule.parameters()`` fails under
+    torch 2.14 (its ``_named_members`` override lacks ``remove_duplicate``); the list's own
+    ``parameters()`` walks the submodules and works."""
+
+    steps_per_epoch = STEPS_PER_EPOCH
+
+    def __init__(self, lirpa, ptb, c: Tensor, eps: float) -> None:
+        self.lirpa, self.ptb, self.c, self.eps = lirpa, ptb, c, eps
+
+    def step(self, model: nn.ModuleList, x: Tensor, y: Tensor, step: int) -> StepOutput:
+        bounded = model[0]
+        logits = bounded(x)  # clean pass: BatchNorm statistics of the clean batch
+        bx = self.lirpa.BoundedTensor(x, self.ptb)
+        lb, _ = bounded.compute_bounds(x=(bx,), C=self.c, method="IBP", bound_upper=False)
+        return StepOutput(robust_ce(lb), logits, self.eps, self.eps)
+
+
+def lirpa_step_fn(
+    model: nn.Sequential, x: Tensor, y: Tensor, eps: float, grad_clip: float
+) -> Callable[[], None]:
+    """auto_LiRPA's IBP training step (``LirpaIBP`` through ``train_step``) on a copy of ``model``."""
+    from tests.lirpa import compat
+    from tests.lirpa.backend import _lirpa_friendly, _load, spec_matrix
     from trainers.bounds.engine import input_box
 
     lirpa = _load()
     net = _lirpa_friendly(copy.deepcopy(model).eval())
-    with _lirpa_compat.quiet_exporter():
-        bounded = lirpa.BoundedModule(net, torch.zeros_like(x), bound_opts={"relu": "adaptive"}, device=x.device)
+    with compat.quiet_exporter():
+        bounded = lirpa.BoundedModule(
+            net, torch.zeros_like(x), bound_opts={"relu": "adaptive"}, device=x.device
+        )
     bounded.train()
-    # BoundedModule.parameters() fails under torch 2.14 (its _named_members override lacks
-    # remove_duplicate); call the override directly
-    params = [v for _, v in bounded._named_members(lambda m: m._parameters.items())]
-    opt = torch.optim.Adam(params, lr=1e-4)
     e = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
     lo, hi = input_box(x, e)
     ptb = lirpa.PerturbationLpNorm(norm=float("inf"), eps=e.view(-1, 1, 1, 1), x_L=lo, x_U=hi)
-    c = spec_matrix(y, NUM_CLASSES, dtype=x.dtype)
-
-    def run() -> None:
-        bounded(x)  # clean pass: BatchNorm statistics of the clean batch
-        lb, _ = bounded.compute_bounds(x=(lirpa.BoundedTensor(x, ptb),), C=c, method="IBP", bound_upper=False)
-        loss = robust_ce(lb)
-        loss.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-
-    return run
+    method = LirpaIBP(lirpa, ptb, spec_matrix(y, NUM_CLASSES, dtype=x.dtype), eps)
+    return train_step_fn(method, nn.ModuleList([bounded]), x, y, 0, grad_clip, {})
 
 
-def bench_config(arch: str, spec, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def bench_config(
+    arch: str, spec, batch: int, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     model_name, dataset, shape, width = spec
-    model = build_model(model_name, input_shape=shape, num_classes=NUM_CLASSES, mean=(0.5,) * shape[0],
-                        std=(0.25,) * shape[0], width=width)
+    model = build_model(
+        model_name,
+        input_shape=shape,
+        num_classes=NUM_CLASSES,
+        mean=(0.5,) * shape[0],
+        std=(0.25,) * shape[0],
+        width=width,
+    )
     ibp_init(model)
     model = model.to(device).train()
     x, y = prototype_batch(batch, shape, NUM_CLASSES, args.seed)
     x, y = x.to(device), y.to(device)
-    acc = pretrain(model, x, y, max_steps=args.pretrain_steps)
-    cfg = TrainConfig(dataset=dataset, method="acert", epochs=EPOCHS, std_epochs=STD_EPOCHS, ramp_epochs=RAMP_EPOCHS,
-                      batch_size=batch, kappa=KAPPA[dataset], device=device.type)
-    step = (STD_EPOCHS + RAMP_EPOCHS // 2) * STEPS_PER_EPOCH if args.phase == "ramp" else EPOCHS * STEPS_PER_EPOCH - 1
-    eps_t = get_method("ibp")(cfg, STEPS_PER_EPOCH).eps_max(step)
+    cfg = TrainConfig(
+        dataset=dataset,
+        method="acert",
+        epochs=EPOCHS,
+        std_epochs=STD_EPOCHS,
+        ramp_epochs=RAMP_EPOCHS,
+        batch_size=batch,
+        kappa=KAPPA[dataset],
+        device=device.type,
+    )
+    acc = pretrain(model, cfg, x, y, max_steps=args.pretrain_steps)
+    step = (
+        (STD_EPOCHS + RAMP_EPOCHS // 2) * STEPS_PER_EPOCH
+        if args.phase == "ramp"
+        else EPOCHS * STEPS_PER_EPOCH - 1
+    )
+    eps_t = Schedule(cfg, STEPS_PER_EPOCH).eps_max(step)
     warm = args.acert_warmup if args.acert_warmup is not None else WARMUP_STEPS[arch]
-    radius = acert_warmup(model, get_method("acert")(cfg, STEPS_PER_EPOCH), x, y, step, warm)
+    radius = acert_warmup(model, cfg, x, y, step, warm)
+    counter = EvalCounter()  # the timed ACERT method's solver: its bound evaluations, nothing else
     fns, stats = {}, {}
     for name in args.methods:
-        method = get_method(name)(cfg, STEPS_PER_EPOCH)
+        seams = {"bound_factory": counter} if name == "acert" else {}
+        method = build_method(cfg.replace(method=name), STEPS_PER_EPOCH, **seams)
         stats[name] = {}
-        fns[name] = train_step_fn(method, copy.deepcopy(model), x, y, step, stats[name])
+        fns[name] = train_step_fn(method, copy.deepcopy(model), x, y, step, cfg.grad_clip, stats[name])
     if "acert" in args.methods:
-        fns["acert_solver_worst"] = solver_worst_fn(copy.deepcopy(model).train(), x, y, eps_t / 2, cfg.root_iters)
-    out: dict[str, Any] = {"arch": arch, "model": model_name, "input_shape": list(shape), "batch": batch,
-                           "dataset_settings": dataset, "kappa": cfg.kappa, "eps_max": eps_t,
-                           "pretrain_acc": acc, "acert_warmup_steps": warm,
-                           "acert_warmup_radius_over_eps_max": radius / max(eps_t, 1e-12)}
+        worst = solver_worst_fn(copy.deepcopy(model).train(), x, y, eps_t / 2, cfg.params.root_iters)
+        fns["acert_solver_worst"] = worst
+    out: dict[str, Any] = {
+        "arch": arch,
+        "model": model_name,
+        "input_shape": list(shape),
+        "batch": batch,
+        "dataset_settings": dataset,
+        "kappa": cfg.kappa,
+        "eps_max": eps_t,
+        "pretrain_acc": acc,
+        "acert_warmup_steps": warm,
+        "acert_warmup_radius_over_eps_max": radius / max(eps_t, 1e-12),
+    }
     if args.lirpa:
-        from trainers.bounds.autolirpa import auto_lirpa_available
+        from tests.lirpa.backend import auto_lirpa_available
 
         ok, why = auto_lirpa_available()
         if ok:
             try:
-                fns["autolirpa_ibp"] = lirpa_step_fn(model, x, y, eps_t)
+                fns["autolirpa_ibp"] = lirpa_step_fn(model, x, y, eps_t, cfg.grad_clip)
             except Exception as exc:  # noqa: BLE001 -- a comparison, not a requirement
                 out["autolirpa_error"] = f"{type(exc).__name__}: {exc}"[:300]
         else:
             out["autolirpa_error"] = why[:300]
     log(f"step: {arch} batch {batch}: {', '.join(fns)} x {args.reps} reps")
-    counter = EvalCounter(acert_module.ibp_margins_fn)
-    acert_module.ibp_margins_fn = counter  # the ACERT solver's bound evaluations
-    try:
-        times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
-    finally:
-        acert_module.ibp_margins_fn = counter.factory
+    times = interleaved(fns, reps=args.reps, warmup=args.warmup, device=device)
     out["median_ms"] = {k: 1000 * median(v) for k, v in times.items()}
     for name in fns:
         if name not in ("standard", "acert_solver_worst"):
@@ -233,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase", default="ramp", choices=["ramp", "final"])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--pretrain-steps", type=int, default=60, help="standard steps at most, to 90%% accuracy")
-    p.add_argument("--acert-warmup", type=int, default=None,
-                   help="ACERT steps after that (default: 30 for mnist; 0 for cifar, whose radii stay 0 "
-                   "on the synthetic batch and whose steps are slow on CPU)")
+    p.add_argument(
+        "--acert-warmup",
+        type=int,
+        default=None,
+        help="ACERT steps after that (default: 30 for mnist; 0 for cifar, whose radii stay 0 "
+        "on the synthetic batch and whose steps are slow on CPU)",
+    )
     p.add_argument("--no-lirpa", dest="lirpa", action="store_false", help="skip the auto_LiRPA IBP step")
     args = p.parse_args(argv)
     archs = QUICK_ARCHS if args.quick else ARCHS
@@ -256,8 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     configs = [bench_config(a, archs[a], b, args, device) for a in names for b in batches]
     keys = ("ibp_ratio", "crown_ibp_ratio", "acert_ratio", "acert_worst_case_ratio", "autolirpa_ibp_ratio")
     summary = {f"max_{k}": max(c[k] for c in configs) for k in keys if all(k in c for c in configs)}
-    emit({"benchmark": "step", "machine": machine(device), "phase": args.phase, "reps": args.reps,
-          "goal": {"ibp_ratio": 2.3, "acert_ratio": 2.3}, "summary": summary, "configs": configs})
+    emit(
+        {
+            "benchmark": "step",
+            "machine": machine(device),
+            "phase": args.phase,
+            "reps": args.reps,
+            "goal": {"ibp_ratio": 2.3, "acert_ratio": 2.3},
+            "summary": summary,
+            "configs": configs,
+        }
+    )
     return 0
 
 

@@ -13,8 +13,9 @@ the other in this process. Every trial is single-threaded (``threads=1``).
 
 Figures: ``overhead_1`` = sweep wall time at 1 concurrent trial / plain loop - 1 (goal
 <= 0.05), ``ratio_2`` = sweep wall time at 2 concurrent trials / plain loop (goal <= 0.6 on
-2 cores); also ``fit_*`` (the Tuner's ``fit`` alone, without the sweep's set-up and its
-closing evaluation) and ``ray_init_s`` (starting local Ray once, not counted above).
+2 cores); also ``fit_*`` (the Tuner alone, without the sweep's set-up and its closing
+evaluation: the seconds ``run_sweep`` passes to its ``on_fit`` hook, which also hands over
+the trials' results) and ``ray_init_s`` (starting local Ray once, not counted above).
 The trial length is calibrated first: ``--trial-seconds`` of training per trial.
 """
 
@@ -29,15 +30,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import add_common_args, emit, log, machine, median, setup
+
+if TYPE_CHECKING:
+    from orchestrator.config import SweepConfig
+    from trainers.config import TrainConfig
+
+
+def fixed_values(epochs: int, kappa: float) -> dict[str, Any]:
+    """The trial values of an IBP trial of ``epochs`` epochs (same cost per step for any kappa)."""
+    return {
+        "method": "ibp",
+        "epochs": epochs,
+        "std_epochs": 1,
+        "ramp_epochs": max(0, epochs - 2),
+        "kappa": kappa,
+        "lr": 1e-3,
+        "batch_size": 128,
+    }
 
 
 def fixed_space(trial, ctx, *, epochs: int) -> dict[str, Any]:
     """IBP trials of a fixed length; only the loss mixing is tuned (same cost per step)."""
-    return {"method": "ibp", "epochs": epochs, "std_epochs": 1, "ramp_epochs": max(0, epochs - 2),
-            "kappa": trial.suggest_float("kappa", 0.05, 0.5), "lr": 1e-3, "batch_size": 128}
+    return fixed_values(epochs, trial.suggest_float("kappa", 0.05, 0.5))
 
 
 @contextlib.contextmanager
@@ -55,27 +72,60 @@ def stdout_to_stderr():
         os.close(saved)
 
 
-def train_config(args: argparse.Namespace, epochs: int, data_dir: str) -> dict[str, Any]:
-    """What every trial shares (the sweep's ``trial_base_config``) plus the fixed space."""
-    return {"dataset": args.dataset, "data_dir": data_dir, "download": False, "device": "cpu", "threads": 1,
-            "train_subset": args.train_subset, "synthetic_size": args.synthetic_size,
-            "val_acr_samples": args.val_acr_samples, "test_samples": args.test_samples, "seed": args.seed,
-            "method": "ibp", "epochs": epochs, "std_epochs": 1, "ramp_epochs": max(0, epochs - 2),
-            "kappa": 0.25, "lr": 1e-3, "batch_size": 128}
+def sweep_config(
+    args: argparse.Namespace, epochs: int, concurrent: int, data_dir: str, workdir: Path, tag: str
+) -> SweepConfig:
+    """The sweep this benchmark runs: ``--trials`` IBP trials of ``epochs`` epochs, no early
+    stopping, ``concurrent`` at a time, one thread each, no retries."""
+    from orchestrator.config import SweepConfig
+
+    return SweepConfig(
+        dataset=args.dataset,
+        accs=(0.5,),
+        methods=("ibp",),
+        trials=args.trials,
+        epochs=epochs,
+        name=tag,
+        storage=str(workdir / "sweeps"),
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        data_dir=data_dir,
+        download=False,
+        max_concurrent=concurrent,
+        scheduler="none",
+        threads=1,
+        max_failures=0,
+        device="cpu",
+        train_subset=args.train_subset,
+        synthetic_size=args.synthetic_size,
+        val_acr_samples=args.val_acr_samples,
+        test_samples=args.test_samples,
+        seed=args.seed,
+        register_models=False,
+    )
 
 
-def plain_loop(configs: list[dict[str, Any]], workdir: Path, train_s: list[float] | None = None) -> float:
-    """The K trainings back to back in this process: seconds (``train_s`` gets the sum of
-    the training epochs' own times, ``epoch_time_s``)."""
-    from trainers.config import TrainConfig
+def train_config(args: argparse.Namespace, epochs: int, data_dir: str, workdir: Path) -> TrainConfig:
+    """A trial of the sweep with kappa = 0.25, made as the sweep makes its trials
+    (``SweepConfig.trial``): what every trial shares plus the fixed space's values."""
+    return sweep_config(args, epochs, 1, data_dir, workdir, "plain").trial(fixed_values(epochs, 0.25))
+
+
+def plain_loop(configs: list[TrainConfig], workdir: Path, train_s: list[float] | None = None) -> float:
+    """The K trainings (``TrainConfig``s) back to back in this process: seconds (``train_s``
+    gets the sum of the training epochs' own times, ``epoch_time_s``)."""
     from trainers.train import run_training
 
     epochs: list[float] = []
     t0 = time.perf_counter()
-    for i, config in enumerate(configs):
+    for i, cfg in enumerate(configs):
         out = workdir / f"plain-{i}"
-        run_training(TrainConfig.from_dict(config), output_dir=out, resume=False, log=lambda _m: None,
-                     on_epoch=lambda m, _out: epochs.append(m["epoch_time_s"]))
+        run_training(
+            cfg,
+            output_dir=out,
+            resume=False,
+            log=lambda _m: None,
+            on_epoch=lambda m, _out: epochs.append(m["epoch_time_s"]),
+        )
         shutil.rmtree(out, ignore_errors=True)
     if train_s is not None:
         train_s.append(sum(epochs))
@@ -85,61 +135,39 @@ def plain_loop(configs: list[dict[str, Any]], workdir: Path, train_s: list[float
 def calibrate_epochs(args: argparse.Namespace, data_dir: str, workdir: Path) -> tuple[int, float, float]:
     """Epochs for ``--trial-seconds`` per trial, from timing 2 and 4 epochs after an untimed
     run (first-call costs: imports, reading the data): (epochs, s/epoch, fixed s per trial)."""
-    plain_loop([train_config(args, 1, data_dir)], workdir)
-    t2 = plain_loop([train_config(args, 2, data_dir)], workdir)
-    t4 = plain_loop([train_config(args, 4, data_dir)], workdir)
+    plain_loop([train_config(args, 1, data_dir, workdir)], workdir)
+    t2 = plain_loop([train_config(args, 2, data_dir, workdir)], workdir)
+    t4 = plain_loop([train_config(args, 4, data_dir, workdir)], workdir)
     per_epoch = max((t4 - t2) / 2, 1e-3)
     fixed = max(t2 - 2 * per_epoch, 0.0)
     return max(1, min(500, round((args.trial_seconds - fixed) / per_epoch))), per_epoch, fixed
 
 
-def project_sweep(args, epochs: int, concurrent: int, data_dir: str, workdir: Path, tag: str) -> dict[str, Any]:
-    """One run of ``run_sweep`` with the fixed-length space: wall and fit seconds, trial configs."""
-    from ray import tune as ray_tune
+def project_sweep(
+    args, epochs: int, concurrent: int, data_dir: str, workdir: Path, tag: str
+) -> dict[str, Any]:
+    """One run of ``run_sweep`` with the fixed-length space: wall and fit seconds, the trials'
+    configs (as ``TrainConfig``s) and where their time went, read from its ``on_fit`` hook."""
+    from orchestrator.sweep import run_sweep
 
-    import orchestrator.sweep as sweep_module
-    from orchestrator.cli import SweepConfig
-
-    cfg = SweepConfig(
-        dataset=args.dataset, accs=(0.5,), methods=("ibp",), trials=args.trials, epochs=epochs, name=tag,
-        storage=str(workdir / "sweeps"), tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", data_dir=data_dir,
-        download=False, max_concurrent=concurrent, scheduler="none", threads=1, max_failures=0, device="cpu",
-        train_subset=args.train_subset, synthetic_size=args.synthetic_size, val_acr_samples=args.val_acr_samples,
-        test_samples=args.test_samples, seed=args.seed, register_models=False,
-    )
+    cfg = sweep_config(args, epochs, concurrent, data_dir, workdir, tag)
     seen: dict[str, Any] = {}
-    make_tuner = sweep_module.make_tuner
 
-    def timed_make_tuner(*a, **kw):
-        tuner = make_tuner(*a, **kw)
-        fit = tuner.fit
+    def on_fit(_method: str, grid, fit_s: float) -> None:
+        seen["fit_s"] = fit_s
+        seen["configs"] = [cfg.trial(r.config) for r in grid if r.config]
+        seen["errors"] = sum(r.error is not None for r in grid)
+        # where the time goes: Tune's clock inside each trial, and the training epochs
+        seen["trial_s"] = sum(float((r.metrics or {}).get("time_total_s", 0.0)) for r in grid)
+        seen["train_s"] = sum(
+            float(r.metrics_dataframe["epoch_time_s"].sum())
+            for r in grid
+            if r.metrics_dataframe is not None and "epoch_time_s" in r.metrics_dataframe
+        )
 
-        def timed_fit():
-            t0 = time.perf_counter()
-            grid = fit()
-            seen["fit_s"] = time.perf_counter() - t0
-            seen["configs"] = [r.config for r in grid]
-            seen["errors"] = sum(r.error is not None for r in grid)
-            # where the time goes: Tune's clock inside each trial, and the training epochs
-            seen["trial_s"] = sum(float((r.metrics or {}).get("time_total_s", 0.0)) for r in grid)
-            seen["train_s"] = sum(float(r.metrics_dataframe["epoch_time_s"].sum()) for r in grid
-                                  if r.metrics_dataframe is not None and "epoch_time_s" in r.metrics_dataframe)
-            return grid
-
-        tuner.fit = timed_fit
-        return tuner
-
-    sweep_module.make_tuner = timed_make_tuner
-    tune_config = ray_tune.TuneConfig
-    if args.reuse_actors:  # an experiment: the orchestrator itself does not set it
-        ray_tune.TuneConfig = functools.partial(tune_config, reuse_actors=True)
-    try:
-        t0 = time.perf_counter()
-        sweep_module.run_sweep(cfg, spaces={"ibp": functools.partial(fixed_space, epochs=epochs)})
-        seen["wall_s"] = time.perf_counter() - t0
-    finally:
-        sweep_module.make_tuner = make_tuner
-        ray_tune.TuneConfig = tune_config
+    t0 = time.perf_counter()
+    run_sweep(cfg, spaces={"ibp": functools.partial(fixed_space, epochs=epochs)}, on_fit=on_fit)
+    seen["wall_s"] = time.perf_counter() - t0
     return seen
 
 
@@ -154,16 +182,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
         ray_init_s = time.perf_counter() - t0
-        times: dict[str, list[float]] = {"plain": [], "sweep_1": [], "sweep_2": [], "fit_1": [], "fit_2": [],
-                                         "plain_train": [], "trial_1": [], "train_1": [], "trial_2": [], "train_2": []}
+        times: dict[str, list[float]] = {
+            "plain": [],
+            "sweep_1": [],
+            "sweep_2": [],
+            "fit_1": [],
+            "fit_2": [],
+            "plain_train": [],
+            "trial_1": [],
+            "train_1": [],
+            "trial_2": [],
+            "train_2": [],
+        }
         errors = 0
         order = ["sweep_1", "plain", "sweep_2"]  # the plain loop needs the configs of a sweep
         for rep in range(args.reps):
             configs = None
-            for name in order[rep % 3:] + order[:rep % 3] if rep else order:
+            for name in order[rep % 3 :] + order[: rep % 3] if rep else order:
                 if name == "plain":
                     if configs is None:
-                        configs = [train_config(args, epochs, data_dir)] * args.trials
+                        configs = [train_config(args, epochs, data_dir, workdir)] * args.trials
                     times["plain"].append(plain_loop(configs, workdir, times["plain_train"]))
                 else:
                     conc = int(name[-1])
@@ -173,15 +211,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     times[f"trial_{conc}"].append(res["trial_s"])
                     times[f"train_{conc}"].append(res["train_s"])
                     errors += res["errors"]
-                    configs = configs or [c for c in res["configs"] if c]
+                    configs = configs or res["configs"]
                 log(f"sweep: rep {rep} {name}: {times[name][-1]:.1f} s")
         ray.shutdown()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     plain = median(times["plain"])
     return {
-        "trials": args.trials, "epochs_per_trial": epochs, "trial_seconds_target": args.trial_seconds,
-        "seconds_per_epoch": per_epoch, "dataset": args.dataset, "ray_init_s": ray_init_s, "errored_trials": errors,
+        "trials": args.trials,
+        "epochs_per_trial": epochs,
+        "trial_seconds_target": args.trial_seconds,
+        "seconds_per_epoch": per_epoch,
+        "dataset": args.dataset,
+        "ray_init_s": ray_init_s,
+        "errored_trials": errors,
         "median_s": {k: median(v) for k, v in times.items()},
         "overhead_1": median(times["sweep_1"]) / plain - 1,
         "ratio_2": median(times["sweep_2"]) / plain,
@@ -212,8 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-size", type=int, default=2048)
     p.add_argument("--val-acr-samples", type=int, default=100)
     p.add_argument("--test-samples", type=int, default=200)
-    p.add_argument("--reuse-actors", action="store_true",
-                   help="experiment: run the sweep with Tune's reuse_actors=True (not what the orchestrator does)")
     args = p.parse_args(argv)
     if args.quick:
         args.trials, args.trial_seconds, args.dataset = 2, 0.5, "synthetic"
@@ -225,8 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine(device)  # before the plain loop sets this process to one thread
     with stdout_to_stderr():
         result = run(args)
-    emit({"benchmark": "sweep", "machine": info, "reps": args.reps,
-          "goal": {"overhead_1": 0.05, "ratio_2": 0.6}, "reuse_actors": args.reuse_actors, **result})
+    emit(
+        {
+            "benchmark": "sweep",
+            "machine": info,
+            "reps": args.reps,
+            "goal": {"overhead_1": 0.05, "ratio_2": 0.6},
+            **result,
+        }
+    )
     return 0
 
 
