@@ -199,8 +199,9 @@ def run_sweep(
         points = {}
         for method in cfg.methods:
             space = (spaces or {}).get(method) or get_space(method)
+            tuner = make_tuner(cfg, method, tracker, space)
             t0 = time.perf_counter()
-            grid = make_tuner(cfg, method, tracker, space).fit()
+            grid = tuner.fit()
             if on_fit is not None:
                 on_fit(method, grid, time.perf_counter() - t0)
             points[method] = collect_points(grid, method)
