@@ -52,9 +52,12 @@ def build_parser() -> OneLineParser:
         prog="python -m orchestrator.sweep",
         description="Accuracy-ACR Pareto frontier by Ray Tune + Optuna, recorded in MLflow.",
     )
-    p.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME (its saved settings)")
     p.add_argument(
-        "--resume-if-exists", action="store_true",
+        "--resume", metavar="NAME", help="continue the interrupted sweep NAME (its saved settings)"
+    )
+    p.add_argument(
+        "--resume-if-exists",
+        action="store_true",
         help="with --name: if a sweep of that name exists in --storage, continue it with its saved "
         "settings (as --resume NAME) instead of refusing; for restarted jobs (KubeRay backoffLimit)",
     )
@@ -116,9 +119,18 @@ def _parse(argv: list[str] | None) -> SweepConfig:
         if read_text(f"{storage.rstrip('/')}/{ns.name}/{SWEEP_FILE}") is not None:
             import sys
 
-            sys.stderr.write(f"sweep {ns.name!r} exists under {storage}: resuming it with its saved settings\n")
-            return _parse(["--resume", ns.name, "--storage", storage,
-                           *[a for k, v in given.items() for a in ("--" + k.replace("_", "-"), v)]])
+            sys.stderr.write(
+                f"sweep {ns.name!r} exists under {storage}: resuming it with its saved settings\n"
+            )
+            return _parse(
+                [
+                    "--resume",
+                    ns.name,
+                    "--storage",
+                    storage,
+                    *[a for k, v in given.items() for a in ("--" + k.replace("_", "-"), v)],
+                ]
+            )
     values = fields_from(ns, SweepConfig)
     values.update(
         resume=False,

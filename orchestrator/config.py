@@ -58,35 +58,55 @@ class SweepConfig:
 
     dataset: str = setting(help="data set to sweep", known=lambda: _names("trainers.data", "DATASETS"))
     accs: tuple[float, ...] = setting(help="target clean accuracies, comma-separated, e.g. 0.6,0.7,0.8")
-    methods: tuple[str, ...] = setting(("acert",), "training methods, comma-separated (one search each)",
-                                       known=_searchable)
+    methods: tuple[str, ...] = setting(
+        ("acert",), "training methods, comma-separated (one search each)", known=_searchable
+    )
     trials: int = setting(24, "trial budget per method, shared by all targets")
-    epochs: int = same_as(TrainConfig, "epochs", help="epochs per trial (at most; a search space may pick fewer)")
+    epochs: int = same_as(
+        TrainConfig, "epochs", help="epochs per trial (at most; a search space may pick fewer)"
+    )
     data_dir: str = same_as(TrainConfig, "data_dir")
     download: bool = same_as(TrainConfig, "download")
     name: str = setting("", "sweep name (default: <dataset>-<time>)")
     resume: bool = setting(False, "continue the sweep `name` (set by --resume NAME)", cli=False)
-    storage: str = setting("", "folder or pyarrow URI (s3://...) for Ray results and sweep.json (default: ./sweeps)")
-    tracking_uri: str = setting("", "MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
-    address: str | None = setting(None, "Ray cluster address ('auto' joins one; default: $RAY_ADDRESS, else local)")
+    storage: str = setting(
+        "", "folder or pyarrow URI (s3://...) for Ray results and sweep.json (default: ./sweeps)"
+    )
+    tracking_uri: str = setting(
+        "", "MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)"
+    )
+    address: str | None = setting(
+        None, "Ray cluster address ('auto' joins one; default: $RAY_ADDRESS, else local)"
+    )
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial")
     gpus_per_trial: float = setting(0.0, "GPUs per trial; fractions share a GPU, e.g. 0.25")
     max_concurrent: int = setting(2, "trials running at once")
     scheduler: str = setting("asha", "early stopping: asha (on penalised validation ACR) or none")
     grace_epochs: int = setting(1, "ASHA: epochs before a trial may be stopped")
-    penalty: float = setting(10.0, "ASHA: score penalty per unit of accuracy shortfall below a trial's target")
-    seed: int = same_as(TrainConfig, "seed", help="seed of the search and of every trial (fixes the validation split)")
+    penalty: float = setting(
+        10.0, "ASHA: score penalty per unit of accuracy shortfall below a trial's target"
+    )
+    seed: int = same_as(
+        TrainConfig, "seed", help="seed of the search and of every trial (fixes the validation split)"
+    )
     max_failures: int = setting(1, "retries of a crashed trial from its checkpoint")
     device: str = same_as(TrainConfig, "device")
     model: str | None = same_as(TrainConfig, "model")
-    threads: int | None = same_as(TrainConfig, "threads", help="torch threads per trial (default: cpus per trial)")
+    threads: int | None = same_as(
+        TrainConfig, "threads", help="torch threads per trial (default: cpus per trial)"
+    )
     train_subset: int | None = same_as(TrainConfig, "train_subset")
     synthetic_size: int = same_as(TrainConfig, "synthetic_size")
     val_acr_samples: int = same_as(TrainConfig, "val_acr_samples")
     test_samples: int | None = same_as(TrainConfig, "test_samples")
-    register_models: bool = setting(True, "register each target's winner in the MLflow model registry", flag="register")
-    plugins: tuple[str, ...] = setting((), "modules to import first, comma-separated: they may register data "
-                                           "sets, models, training methods and search spaces")
+    register_models: bool = setting(
+        True, "register each target's winner in the MLflow model registry", flag="register"
+    )
+    plugins: tuple[str, ...] = setting(
+        (),
+        "modules to import first, comma-separated: they may register data "
+        "sets, models, training methods and search spaces",
+    )
 
     def __post_init__(self) -> None:
         from trainers.data import DATASETS
@@ -126,14 +146,23 @@ class SweepConfig:
         object.__setattr__(self, "accs", tuple(sorted(float(a) for a in self.accs)))
 
     def _check_numbers(self) -> None:
-        ints = {"--trials": (self.trials, 1), "--epochs": (self.epochs, 1), "--max-concurrent": (self.max_concurrent, 1),
-                "--max-failures": (self.max_failures, 0), "--grace-epochs": (self.grace_epochs, 1),
-                "--synthetic-size": (self.synthetic_size, 16), "--val-acr-samples": (self.val_acr_samples, 1)}
+        ints = {
+            "--trials": (self.trials, 1),
+            "--epochs": (self.epochs, 1),
+            "--max-concurrent": (self.max_concurrent, 1),
+            "--max-failures": (self.max_failures, 0),
+            "--grace-epochs": (self.grace_epochs, 1),
+            "--synthetic-size": (self.synthetic_size, 16),
+            "--val-acr-samples": (self.val_acr_samples, 1),
+        }
         for flag, (value, low) in ints.items():
             if not isinstance(value, int) or value < low:
                 raise bad(flag, value, f"must be an integer >= {low}")
-        for flag, value in (("--train-subset", self.train_subset), ("--test-samples", self.test_samples),
-                            ("--threads", self.threads)):
+        for flag, value in (
+            ("--train-subset", self.train_subset),
+            ("--test-samples", self.test_samples),
+            ("--threads", self.threads),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(flag, value, "must be an integer >= 1")
         if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
@@ -201,5 +230,7 @@ class SweepConfig:
 
 
 _SHARED_WITH_TRIALS = tuple(
-    sorted({f.name for f in dataclasses.fields(SweepConfig)} & {f.name for f in dataclasses.fields(TrainConfig)})
+    sorted(
+        {f.name for f in dataclasses.fields(SweepConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    )
 )

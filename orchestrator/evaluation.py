@@ -65,14 +65,34 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
     with checkpoint.as_directory() as d:
         model, meta = load_model(Path(d) / "model.pt")
     torch.set_num_threads(train.threads or torch.get_num_threads())
-    splits = load_splits(train.dataset, data_dir=train.data_dir, download=train.download,
-                         val_fraction=train.val_fraction, seed=train.seed, synthetic_size=train.synthetic_size)
+    splits = load_splits(
+        train.dataset,
+        data_dir=train.data_dir,
+        download=train.download,
+        val_fraction=train.val_fraction,
+        seed=train.seed,
+        synthetic_size=train.synthetic_size,
+    )
     n = train.test_samples or splits.x_test.shape[0]
     spec, dev = splits.spec, pick_device(device)
-    res = evaluate(model.to(dev), splits.x_test[:n], splits.y_test[:n], eps_cap=spec.eps_cap, cert_eps=spec.cert_eps,
-                   max_eps=spec.max_eps, method=train.cert_method, rel_tol=train.cert_rel_tol, device=dev)
-    out = {M.TEST_ACC: res["clean_acc"], M.TEST_ACR: res[M.ACR], M.TEST_ACR_NORM: res[M.ACR_NORM],
-           "test_n": float(n), M.EPOCH: float(meta.get("epoch", 0))}
+    res = evaluate(
+        model.to(dev),
+        splits.x_test[:n],
+        splits.y_test[:n],
+        eps_cap=spec.eps_cap,
+        cert_eps=spec.cert_eps,
+        max_eps=spec.max_eps,
+        method=train.cert_method,
+        rel_tol=train.cert_rel_tol,
+        device=dev,
+    )
+    out = {
+        M.TEST_ACC: res["clean_acc"],
+        M.TEST_ACR: res[M.ACR],
+        M.TEST_ACR_NORM: res[M.ACR_NORM],
+        "test_n": float(n),
+        M.EPOCH: float(meta.get("epoch", 0)),
+    }
     out.update({M.cert_acc_key(e): v for e, v in res[M.CERT_ACC].items()})
     return out
 

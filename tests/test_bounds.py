@@ -47,8 +47,15 @@ def conv_net(c=2, k=5, bn=True, seed=0) -> nn.Sequential:
 
 def mlp(d=12, k=4, seed=0) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(Normalize((0.5,), (0.25,)), nn.Flatten(), nn.Linear(d, 20), nn.ReLU(),
-                         nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, k))
+    return nn.Sequential(
+        Normalize((0.5,), (0.25,)),
+        nn.Flatten(),
+        nn.Linear(d, 20),
+        nn.ReLU(),
+        nn.Linear(20, 20),
+        nn.ReLU(),
+        nn.Linear(20, k),
+    )
 
 
 def sample_box(x, eps, n):
@@ -169,8 +176,9 @@ def test_zero_radius_bound_equals_clean_margin():
     eps = torch.zeros(4)
     with torch.no_grad():
         for method in BOUND_METHODS:
-            torch.testing.assert_close(margin_lower(net, x, y, eps, method), true_margins(net, x, y),
-                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                margin_lower(net, x, y, eps, method), true_margins(net, x, y), atol=1e-4, rtol=1e-4
+            )
 
 
 def test_bounds_shrink_monotonically_for_ibp():
@@ -231,11 +239,19 @@ def reference_ibp(model, x, y, eps):
             scale = (layer.weight / torch.sqrt(var + layer.eps)).view(view)
             shift = layer.bias.view(view) - mean.view(view) * scale
             clean = clean * scale + shift
-            lo, hi = (torch.minimum(lo * scale, hi * scale) + shift, torch.maximum(lo * scale, hi * scale) + shift)
+            lo, hi = (
+                torch.minimum(lo * scale, hi * scale) + shift,
+                torch.maximum(lo * scale, hi * scale) + shift,
+            )
         elif isinstance(layer, (nn.Conv2d, nn.Linear)):
             wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-            op = (lambda t, w, b: nn.functional.conv2d(t, w, b, layer.stride, layer.padding)) if isinstance(  # noqa: B023
-                layer, nn.Conv2d) else nn.functional.linear
+            op = (
+                (lambda t, w, b: nn.functional.conv2d(t, w, b, layer.stride, layer.padding))
+                if isinstance(  # noqa: B023
+                    layer, nn.Conv2d
+                )
+                else nn.functional.linear
+            )
             clean = layer(clean)
             lo, hi = op(lo, wp, layer.bias) + op(hi, wn, None), op(hi, wp, layer.bias) + op(lo, wn, None)
         else:

@@ -76,11 +76,32 @@ def test_summary_acr_and_certified_accuracy():
 def test_certify_cli_writes_radii_and_summary(tmp_path, capsys):
     net = build_model("mlp_tiny", input_shape=(1, 8, 8), num_classes=4, mean=(0.5,), std=(0.5,))
     ckpt = tmp_path / "model.pt"
-    save_checkpoint(ckpt, net, arch="mlp_tiny", input_shape=[1, 8, 8], num_classes=4, mean=[0.5], std=[0.5],
-                    width=None, config={"seed": 0, "val_fraction": 0.1, "synthetic_size": 256})
+    save_checkpoint(
+        ckpt,
+        net,
+        arch="mlp_tiny",
+        input_shape=[1, 8, 8],
+        num_classes=4,
+        mean=[0.5],
+        std=[0.5],
+        width=None,
+        config={"seed": 0, "val_fraction": 0.1, "synthetic_size": 256},
+    )
     out = tmp_path / "cert"
-    rc = main(["--checkpoint", str(ckpt), "--dataset", "synthetic", "--output-dir", str(out), "--limit", "20",
-               "--device", "cpu"])
+    rc = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "synthetic",
+            "--output-dir",
+            str(out),
+            "--limit",
+            "20",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     rows = (out / "radii.csv").read_text().splitlines()
     assert rows[0] == "index,label,prediction,certified_radius" and len(rows) == 21
@@ -91,7 +112,9 @@ def test_certify_cli_writes_radii_and_summary(tmp_path, capsys):
 
 
 def test_certify_cli_bad_input_exits_2(tmp_path, capsys):
-    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", "synthetic", "--output-dir", "o"]) == 2
+    assert (
+        main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", "synthetic", "--output-dir", "o"]) == 2
+    )
     assert "invalid --checkpoint" in capsys.readouterr().err
     assert main(["--checkpoint", "x", "--dataset", "imagenet", "--output-dir", "o"]) == 2
     assert "invalid --dataset 'imagenet'" in capsys.readouterr().err

@@ -175,15 +175,28 @@ def test_parser_knows_the_documented_flags():
 
 
 def test_resume_if_exists_continues_a_named_sweep_or_starts_it(in_tmp):
-    fresh = parse_sweep_args(["--dataset", "synthetic", "--accs", "0.9", "--name", "job", "--resume-if-exists"])
+    fresh = parse_sweep_args(
+        ["--dataset", "synthetic", "--accs", "0.9", "--name", "job", "--resume-if-exists"]
+    )
     assert not fresh.resume and fresh.name == "job"
     folder = in_tmp / "sweeps" / "job"
     folder.mkdir(parents=True)
     saved = fresh.replace(trials=7)
     (folder / "sweep.json").write_text(json.dumps(saved.to_dict()))
     # a restarted job runs the same command line: it resumes with the saved settings
-    back = parse_sweep_args(["--dataset", "synthetic", "--accs", "0.9", "--name", "job", "--resume-if-exists",
-                             "--address", "auto"])
+    back = parse_sweep_args(
+        [
+            "--dataset",
+            "synthetic",
+            "--accs",
+            "0.9",
+            "--name",
+            "job",
+            "--resume-if-exists",
+            "--address",
+            "auto",
+        ]
+    )
     assert back.resume and back.trials == 7 and back.address == "auto"
 
 

@@ -58,8 +58,16 @@ def test_every_method_steps_on_every_model(method, model_name):
     torch.manual_seed(0)
     shape, k = (3, 8, 8), 5
     model = small_model(model_name, shape=shape, num_classes=k).train()
-    cfg = TrainConfig(dataset="synthetic", method=method, epochs=4, std_epochs=1, ramp_epochs=2, max_eps=0.05,
-                      kappa=0.25, reg_weight=0.5)
+    cfg = TrainConfig(
+        dataset="synthetic",
+        method=method,
+        epochs=4,
+        std_epochs=1,
+        ramp_epochs=2,
+        max_eps=0.05,
+        kappa=0.25,
+        reg_weight=0.5,
+    )
     m = build_method(cfg, steps_per_epoch=2)
     x, y = torch.rand(6, *shape), torch.arange(6) % k
     for step in (0, 3, 7):  # standard epoch, mid-ramp (regulariser on), after the ramp

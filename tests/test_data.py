@@ -99,7 +99,10 @@ def write_cifar(root: Path) -> None:
         x.reshape(8, -1)[:, 0] += 8 * (i - 1)  # unique ids across batches
         batch = {"data": x.reshape(8, -1), "labels": [(j + i) % 10 for j in range(8)]}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    test = {"data": fake_images(N_TEST, (3, 32, 32), 2).reshape(N_TEST, -1), "labels": [i % 10 for i in range(N_TEST)]}
+    test = {
+        "data": fake_images(N_TEST, (3, 32, 32), 2).reshape(N_TEST, -1),
+        "labels": [i % 10 for i in range(N_TEST)],
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 

@@ -270,11 +270,39 @@ def test_a_plugin_method_is_swept_with_no_other_change(ray_session, tmp_path):
     from trainers.methods import TRAINING_METHODS
 
     cfg = parse_sweep_args(
-        ["--dataset", "synthetic", "--accs", "0.5", "--methods", NAME, "--plugins", "tests.toy_method",
-         "--trials", "2", "--epochs", "2", "--name", "toy", "--storage", str(tmp_path / "sweeps"),
-         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--synthetic-size", "256",
-         "--val-acr-samples", "50", "--threads", "1", "--max-failures", "0", "--scheduler", "none",
-         "--no-register", "--data-dir", str(tmp_path / "data")]
+        [
+            "--dataset",
+            "synthetic",
+            "--accs",
+            "0.5",
+            "--methods",
+            NAME,
+            "--plugins",
+            "tests.toy_method",
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--name",
+            "toy",
+            "--storage",
+            str(tmp_path / "sweeps"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--synthetic-size",
+            "256",
+            "--val-acr-samples",
+            "50",
+            "--threads",
+            "1",
+            "--max-failures",
+            "0",
+            "--scheduler",
+            "none",
+            "--no-register",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ]
     )
     assert NAME in TRAINING_METHODS and cfg.plugins == ("tests.toy_method",)
     rows = run_sweep(cfg)

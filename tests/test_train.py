@@ -12,8 +12,18 @@ from trainers.methods.acert import adaptive_radii
 from trainers.models import build_model, load_model
 from trainers.train import DivergedError, main, run_training
 
-QUICK = {"dataset": "synthetic", "synthetic_size": 512, "epochs": 3, "std_epochs": 1, "ramp_epochs": 1,
-         "batch_size": 64, "val_acr_samples": 64, "device": "cpu", "threads": 1, "lr": 1e-2}
+QUICK = {
+    "dataset": "synthetic",
+    "synthetic_size": 512,
+    "epochs": 3,
+    "std_epochs": 1,
+    "ramp_epochs": 1,
+    "batch_size": 64,
+    "val_acr_samples": 64,
+    "device": "cpu",
+    "threads": 1,
+    "lr": 1e-2,
+}
 
 
 def quiet(_msg: str) -> None:
@@ -26,8 +36,18 @@ def test_every_method_trains_and_writes_a_reloadable_checkpoint(method, tmp_path
     seen = []
     final = run_training(cfg, output_dir=tmp_path, on_epoch=lambda m, out: seen.append(m), log=quiet)
     assert [m["epoch"] for m in seen] == [1, 2, 3] and final["done"] is True
-    for key in ("train_loss", "train_acc", "mean_radius", "eps_max", "val_acc", "val_acr", "val_acr_norm",
-                "test_acc", "test_acr", "epoch_time_s"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "mean_radius",
+        "eps_max",
+        "val_acc",
+        "val_acr",
+        "val_acr_norm",
+        "test_acc",
+        "test_acr",
+        "epoch_time_s",
+    ):
         assert key in final
     assert final["val_acc"] > 0.5  # separable data: every method learns something
     model, meta = load_model(tmp_path / "model.pt")
@@ -51,8 +71,9 @@ def test_training_is_deterministic_and_resume_reproduces_an_uninterrupted_run(tm
     with pytest.raises(Stop):
         run_training(cfg, output_dir=tmp_path / "c", on_epoch=stop_after_two, log=quiet)
     epochs = []
-    resumed = run_training(cfg, output_dir=tmp_path / "c", on_epoch=lambda m, o: epochs.append(m["epoch"]),
-                           log=quiet)
+    resumed = run_training(
+        cfg, output_dir=tmp_path / "c", on_epoch=lambda m, o: epochs.append(m["epoch"]), log=quiet
+    )
     assert epochs == [3]
     for key in ("train_loss", "val_acc", "val_acr", "test_acr"):
         assert resumed[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7)
@@ -119,10 +140,36 @@ def test_cli_bad_input_exits_2_and_runs(tmp_path, capsys):
     assert main(["--epochs", "three", "--output-dir", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
     missing = tmp_path / "empty"
-    assert main(["--dataset", "mnist", "--no-download", "--data-dir", str(missing), "--output-dir",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--dataset",
+                "mnist",
+                "--no-download",
+                "--data-dir",
+                str(missing),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert str(missing) in capsys.readouterr().err
-    rc = main(["--dataset", "synthetic", "--synthetic-size", "256", "--epochs", "2", "--method", "ibp",
-               "--output-dir", str(tmp_path / "run"), "--device", "cpu"])
+    rc = main(
+        [
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "256",
+            "--epochs",
+            "2",
+            "--method",
+            "ibp",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and "final:" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.pt").exists()

@@ -62,7 +62,9 @@ def certified_radii_batch(
     logits = model(x)
     pred = logits.argmax(1)
     others = torch.ones_like(logits, dtype=torch.bool).scatter_(1, y[:, None], False)
-    clean_margin = logits.gather(1, y[:, None]).squeeze(1) - logits.masked_fill(~others, float("-inf")).amax(1)
+    clean_margin = logits.gather(1, y[:, None]).squeeze(1) - logits.masked_fill(~others, float("-inf")).amax(
+        1
+    )
     clean_margin = torch.where(pred == y, clean_margin, torch.zeros_like(clean_margin))
     threshold = SAFETY_REL * (1 + logits.abs().amax(1)) if safety else torch.zeros_like(clean_margin)
 
@@ -118,7 +120,9 @@ def certified_radii(
     return torch.cat(radii), torch.cat(preds)
 
 
-def summarize(radii: Tensor, preds: Tensor, y: Tensor, cert_eps: tuple[float, ...], max_eps: float | None) -> dict:
+def summarize(
+    radii: Tensor, preds: Tensor, y: Tensor, cert_eps: tuple[float, ...], max_eps: float | None
+) -> dict:
     """clean_acc, acr (misclassified count as 0), acr_norm (= acr / max_eps) and cert_acc."""
     correct = preds == y
     r = torch.where(correct, radii, torch.zeros_like(radii)).double()
@@ -206,8 +210,10 @@ class CertifyConfig:
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m trainers.certify",
-                      description="Certify a checkpoint: per-sample certified radii, ACR and certified accuracy.")
+    p = OneLineParser(
+        prog="python -m trainers.certify",
+        description="Certify a checkpoint: per-sample certified radii, ACR and certified accuracy.",
+    )
     for f in dataclasses.fields(CertifyConfig):  # the three without default are required
         if f.default is dataclasses.MISSING:
             p.add_argument(flag_of(f.name), dest=f.name, required=True, help=f.metadata["help"])
@@ -225,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         model, meta = load_model(args.checkpoint)
         cfg = meta.get("config", {})
         splits = load_splits(
-            args.dataset, data_dir=args.data_dir, download=args.download,
-            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0),
+            args.dataset,
+            data_dir=args.data_dir,
+            download=args.download,
+            val_fraction=cfg.get("val_fraction", 0.1),
+            seed=cfg.get("seed", 0),
             synthetic_size=cfg.get("synthetic_size", TrainConfig.synthetic_size),
         )
     except ValueError as e:  # ConfigError, DataMissingError, an unreadable checkpoint
@@ -237,8 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         x, y = x[: args.limit], y[: args.limit]
     spec = splits.spec
     model.to(device)
-    res = evaluate(model, x, y, eps_cap=args.eps_cap or spec.eps_cap, cert_eps=spec.cert_eps, max_eps=spec.max_eps,
-                   method=args.method, rel_tol=args.rel_tol, batch_size=args.batch_size, device=device)
+    res = evaluate(
+        model,
+        x,
+        y,
+        eps_cap=args.eps_cap or spec.eps_cap,
+        cert_eps=spec.cert_eps,
+        max_eps=spec.max_eps,
+        method=args.method,
+        rel_tol=args.rel_tol,
+        batch_size=args.batch_size,
+        device=device,
+    )
     write_outputs(Path(args.output_dir), res, y)
     print(json.dumps({k: v for k, v in res.items() if k not in ("radii", "preds")}, indent=2))
     return 0

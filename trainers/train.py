@@ -39,43 +39,90 @@ class DivergedError(RuntimeError):
 
 def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequential:
     spec = splits.spec
-    model = build_model(cfg.model_name, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                        mean=spec.mean, std=spec.std, width=cfg.width)
+    model = build_model(
+        cfg.model_name,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        mean=spec.mean,
+        std=spec.std,
+        width=cfg.width,
+    )
     if cfg.ibp_init and TRAINING_METHODS.get(cfg.method).certified:
         ibp_init(model)
     return model.to(device)
 
 
-def _save(out: Path, model: nn.Sequential, cfg: TrainConfig, splits: Splits, opt, sched, epoch: int, history) -> None:
+def _save(
+    out: Path, model: nn.Sequential, cfg: TrainConfig, splits: Splits, opt, sched, epoch: int, history
+) -> None:
     spec = splits.spec
-    save_checkpoint(out / "model.pt", model, arch=cfg.model_name, input_shape=list(spec.input_shape),
-                    num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), width=cfg.width,
-                    config=cfg.to_dict(), extra={"epoch": epoch})
+    save_checkpoint(
+        out / "model.pt",
+        model,
+        arch=cfg.model_name,
+        input_shape=list(spec.input_shape),
+        num_classes=spec.num_classes,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        width=cfg.width,
+        config=cfg.to_dict(),
+        extra={"epoch": epoch},
+    )
     tmp = out / "state.pt.tmp"
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                "history": history, "model": model.state_dict()}, tmp)
+    torch.save(
+        {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "model": model.state_dict(),
+        },
+        tmp,
+    )
     tmp.replace(out / "state.pt")
 
 
-def validate(model: nn.Sequential, splits: Splits, cfg: TrainConfig, device: torch.device, split: str) -> dict:
+def validate(
+    model: nn.Sequential, splits: Splits, cfg: TrainConfig, device: torch.device, split: str
+) -> dict:
     """Clean accuracy on the whole split, ACR and certified accuracy on its first samples."""
     x, y = (splits.x_val, splits.y_val) if split == "val" else (splits.x_test, splits.y_test)
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in
-                      iterate_batches(x, y, 1024, shuffle=False, generator=None, device=device))
+        correct = sum(
+            int((model(xb).argmax(1) == yb).sum())
+            for xb, yb in iterate_batches(x, y, 1024, shuffle=False, generator=None, device=device)
+        )
     n_cert = cfg.val_acr_samples if split == "val" else (cfg.test_samples or x.shape[0])
     d = splits.spec
-    res = evaluate(model, x[:n_cert], y[:n_cert], eps_cap=d.eps_cap, cert_eps=d.cert_eps,
-                   max_eps=d.max_eps, method=cfg.cert_method, rel_tol=cfg.cert_rel_tol, device=device)
-    out = {M.split_key(split, M.ACC): correct / max(1, x.shape[0]), M.split_key(split, M.ACR): res[M.ACR],
-           M.split_key(split, M.ACR_NORM): res[M.ACR_NORM]}
+    res = evaluate(
+        model,
+        x[:n_cert],
+        y[:n_cert],
+        eps_cap=d.eps_cap,
+        cert_eps=d.cert_eps,
+        max_eps=d.max_eps,
+        method=cfg.cert_method,
+        rel_tol=cfg.cert_rel_tol,
+        device=device,
+    )
+    out = {
+        M.split_key(split, M.ACC): correct / max(1, x.shape[0]),
+        M.split_key(split, M.ACR): res[M.ACR],
+        M.split_key(split, M.ACR_NORM): res[M.ACR_NORM],
+    }
     out.update({M.cert_acc_key(e, split): v for e, v in res[M.CERT_ACC].items()})
     return out
 
 
-def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCallback | None = None,
-                 resume: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_training(
+    cfg: TrainConfig,
+    *,
+    output_dir: str | Path,
+    on_epoch: EpochCallback | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``output_dir``; resumes from ``output_dir/state.pt`` when present."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +130,15 @@ def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCal
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
-                         seed=cfg.seed, train_subset=cfg.train_subset, synthetic_size=cfg.synthetic_size)
+    splits = load_splits(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        train_subset=cfg.train_subset,
+        synthetic_size=cfg.synthetic_size,
+    )
     model = build(cfg, splits, device)
     steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
     method = build_method(cfg, steps_per_epoch)
@@ -113,8 +167,17 @@ def run_training(cfg: TrainConfig, *, output_dir: str | Path, on_epoch: EpochCal
     return history[-1] if history else {}
 
 
-def train_step(model: nn.Sequential, method: TrainingMethod, opt: torch.optim.Optimizer, sched, x: Tensor,
-               y: Tensor, step: int, *, grad_clip: float) -> tuple[StepOutput, float]:
+def train_step(
+    model: nn.Sequential,
+    method: TrainingMethod,
+    opt: torch.optim.Optimizer,
+    sched,
+    x: Tensor,
+    y: Tensor,
+    step: int,
+    *,
+    grad_clip: float,
+) -> tuple[StepOutput, float]:
     """One optimisation step: the method's loss, a divergence check, backward, clip, update.
 
     The seam the loop and ``bench.step`` share. Returns the method's output and the loss value."""
@@ -132,13 +195,22 @@ def train_step(model: nn.Sequential, method: TrainingMethod, opt: torch.optim.Op
     return res, loss
 
 
-def train_epoch(model, method, opt, sched, splits: Splits, cfg: TrainConfig, epoch: int, device, augment: bool):
+def train_epoch(
+    model, method, opt, sched, splits: Splits, cfg: TrainConfig, epoch: int, device, augment: bool
+):
     t0 = time.perf_counter()
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # epoch-seeded: resumable
     n, loss_sum, correct, radius_sum, eps_max = 0, 0.0, 0, 0.0, 0.0
-    batches = iterate_batches(splits.x_train, splits.y_train, cfg.batch_size, shuffle=True, generator=gen,
-                              device=device, augment=augment)
+    batches = iterate_batches(
+        splits.x_train,
+        splits.y_train,
+        cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        device=device,
+        augment=augment,
+    )
     for i, (x, y) in enumerate(batches):
         step = epoch * method.steps_per_epoch + i
         res, loss = train_step(model, method, opt, sched, x, y, step, grad_clip=cfg.grad_clip)
@@ -148,13 +220,30 @@ def train_epoch(model, method, opt, sched, splits: Splits, cfg: TrainConfig, epo
         correct += int((res.logits.argmax(1) == y).sum())
         radius_sum += float(res.mean_radius) * b
         eps_max = res.eps_max
-    return {M.EPOCH: epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "mean_radius": radius_sum / n,
-            "eps_max": eps_max, "lr": sched.get_last_lr()[0], "epoch_time_s": time.perf_counter() - t0}
+    return {
+        M.EPOCH: epoch + 1,
+        "train_loss": loss_sum / n,
+        "train_acc": correct / n,
+        "mean_radius": radius_sum / n,
+        "eps_max": eps_max,
+        "lr": sched.get_last_lr()[0],
+        "epoch_time_s": time.perf_counter() - t0,
+    }
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    keys = ("epoch", "train_loss", "train_acc", "mean_radius", "eps_max", "val_acc", "val_acr", "test_acc",
-            "test_acr", "epoch_time_s")
+    keys = (
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "mean_radius",
+        "eps_max",
+        "val_acc",
+        "val_acr",
+        "test_acc",
+        "test_acr",
+        "epoch_time_s",
+    )
     return "  ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys if k in m)
 
 

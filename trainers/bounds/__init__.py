@@ -21,7 +21,9 @@ BOUND_METHODS.register("ibp", ibp_margins)
 BOUND_METHODS.register("crown-ibp", crown_ibp_margins)
 
 
-def best_margins(model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext | None = None) -> Tensor:
+def best_margins(
+    model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext | None = None
+) -> Tensor:
     """The element-wise best of IBP and CROWN-IBP: both are sound, so is their maximum."""
     return torch.maximum(ibp_margins(model, x, y, eps, ctx), crown_ibp_margins(model, x, y, eps, ctx))
 

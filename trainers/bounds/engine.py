@@ -185,8 +185,14 @@ def propagate(
 
 
 def _weight_layer(
-    i: int, layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d | None, ctx: BoundContext,
-    clean: Tensor | None, c: Tensor | None, r: Tensor | None, update_stats: bool,
+    i: int,
+    layer: nn.Conv2d | nn.Linear,
+    bn: nn.BatchNorm1d | nn.BatchNorm2d | None,
+    ctx: BoundContext,
+    clean: Tensor | None,
+    c: Tensor | None,
+    r: Tensor | None,
+    update_stats: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """A Conv2d/Linear layer, and the BatchNorm right after it (index i + 1) if ``bn`` is given.
 
@@ -203,7 +209,9 @@ def _weight_layer(
                 # the fused kernel, with the gradient through the statistics of this batch
                 clean = F.batch_norm(clean, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
             else:
-                clean = torch.addcmul(_channel_view(shift, clean.dim()), clean, _channel_view(scale, clean.dim()))
+                clean = torch.addcmul(
+                    _channel_view(shift, clean.dim()), clean, _channel_view(scale, clean.dim())
+                )
     if c is None:
         return clean, c, r
     cache = None if torch.is_grad_enabled() else ctx.folded
@@ -312,7 +320,9 @@ def spec_last_layer(last: nn.Linear, y: Tensor) -> tuple[Tensor, Tensor]:
         bspec = torch.zeros(wspec.shape[:2], dtype=w.dtype, device=w.device)
     else:
         b = last.bias
-        bspec = torch.index_select(b, 0, y)[:, None] - torch.index_select(b, 0, others.reshape(-1)).view(n, -1)
+        bspec = torch.index_select(b, 0, y)[:, None] - torch.index_select(b, 0, others.reshape(-1)).view(
+            n, -1
+        )
     return wspec, bspec
 
 
@@ -333,8 +343,13 @@ def clean_pass(model: nn.Sequential, x: Tensor, *, update_stats: bool = False) -
 
 
 def ibp_margins(
-    model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext | None = None,
-    *, record_preact: bool = False,
+    model: nn.Sequential,
+    x: Tensor,
+    y: Tensor,
+    eps: Tensor,
+    ctx: BoundContext | None = None,
+    *,
+    record_preact: bool = False,
 ) -> Tensor:
     """IBP lower bounds of the margins z_y - z_j, j != y: shape [B, K-1].
 
@@ -376,7 +391,12 @@ def ibp_margins_fn(
 
 
 def joint_ibp(
-    model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, *, update_stats: bool = True,
+    model: nn.Sequential,
+    x: Tensor,
+    y: Tensor,
+    eps: Tensor,
+    *,
+    update_stats: bool = True,
     record_preact: bool = False,
 ) -> tuple[Tensor, Tensor, BoundContext]:
     """Clean logits and IBP margin bounds in one pass (training): (logits, margins, ctx)."""

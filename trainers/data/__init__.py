@@ -79,7 +79,9 @@ def load_splits(
     x_tr, y_tr, x_te, y_te = spec.loader(Path(data_dir).expanduser(), download, synthetic_size)
     for y in (y_tr, y_te):
         if len(y) and not (0 <= int(y.min()) and int(y.max()) < spec.num_classes):
-            raise ValueError(f"{dataset}: labels {int(y.min())}..{int(y.max())} outside 0..{spec.num_classes - 1}")
+            raise ValueError(
+                f"{dataset}: labels {int(y.min())}..{int(y.max())} outside 0..{spec.num_classes - 1}"
+            )
     for x in (x_tr, x_te):
         if tuple(x.shape[1:]) != spec.input_shape:
             raise ValueError(
