@@ -8,6 +8,8 @@ for soundness, never for being tighter than IBP (it is not always).
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,10 @@ from trainers.models import Normalize
 
 # Rounding slack for float32 comparisons (the bounds themselves are never loosened).
 ATOL = 1e-4
+
+
+def _conv(t, w, b, *, stride, padding):
+    return nn.functional.conv2d(t, w, b, stride, padding)
 
 
 def true_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -245,13 +251,10 @@ def reference_ibp(model, x, y, eps):
             )
         elif isinstance(layer, (nn.Conv2d, nn.Linear)):
             wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-            op = (
-                (lambda t, w, b: nn.functional.conv2d(t, w, b, layer.stride, layer.padding))
-                if isinstance(  # noqa: B023
-                    layer, nn.Conv2d
-                )
-                else nn.functional.linear
-            )
+            if isinstance(layer, nn.Conv2d):
+                op = functools.partial(_conv, stride=layer.stride, padding=layer.padding)
+            else:
+                op = nn.functional.linear
             clean = layer(clean)
             lo, hi = op(lo, wp, layer.bias) + op(hi, wn, None), op(hi, wp, layer.bias) + op(lo, wn, None)
         else:
