@@ -18,17 +18,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import _OneLineParser, _str_list, default_tracking_uri
+from orchestrator.cli import default_tracking_uri
 from orchestrator.mlflow_log import TAG_METHOD, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, experiment_name
 from orchestrator.pareto import TrialPoint
+from trainers import metrics as M
+from trainers.settings import ConfigError, OneLineParser
 
 
-class FrontierInputError(ValueError):
-    pass
+class FrontierInputError(ConfigError):
+    """Bad user input; one line naming the flag and the value."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python -m orchestrator.frontier", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m orchestrator.frontier", description=__doc__.splitlines()[0])
     p.add_argument("--datasets", required=True, help="comma-separated, e.g. mnist,cifar10")
     p.add_argument("--methods", default=None, help="only these methods (default: all found)")
     p.add_argument("--sweep", default=None, help="use this sweep name instead of the newest one")
@@ -37,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="frontier", help="output prefix: <out>.png and <out>.html")
     return p
+
+
+def _names(flag: str, text: str) -> tuple[str, ...]:
+    """``"mnist, cifar10"`` -> ``("mnist", "cifar10")``; an empty list or item is an error."""
+    items = tuple(t.strip() for t in text.split(","))
+    if not all(items):
+        raise FrontierInputError(f"invalid {flag} {text!r}: give comma-separated names, e.g. mnist,cifar10")
+    return items
 
 
 def _parents(client: Any, exp_id: str, sweep: str | None) -> list[Any]:
@@ -65,8 +75,8 @@ def _points(client: Any, exp_id: str, sweep: str, method: str) -> list[TrialPoin
         out.append(
             TrialPoint(
                 r.data.tags.get(TAG_TRIAL, r.info.run_id),
-                m.get("val_acc", math.nan),
-                m.get("val_acr", math.nan),
+                m.get(M.VAL_ACC, math.nan),
+                m.get(M.VAL_ACR, math.nan),
                 method,
                 dict(r.data.params),
                 failed=r.info.status != "FINISHED",
@@ -107,17 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.plots import write_html, write_png
     from orchestrator.sweep import check_tracking_uri
 
-    args = build_parser().parse_args(argv)
-    uri = args.tracking_uri or default_tracking_uri()
     try:
-        datasets = _str_list(args.datasets)
-        if not datasets:
-            raise FrontierInputError(f"invalid --datasets {args.datasets!r}: give at least one")
+        args = build_parser().parse_args(argv)
+        uri = args.tracking_uri or default_tracking_uri()
+        datasets = _names("--datasets", args.datasets)
+        methods = _names("--methods", args.methods) if args.methods else None
         check_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)
-        methods = _str_list(args.methods) if args.methods else None
         panels = [load_panel(client, uri, d, methods, args.sweep) for d in datasets]
-    except ValueError as e:  # FrontierInputError and the sweep's SweepInputError
+    except ConfigError as e:  # FrontierInputError, a bad flag, and the sweep's SweepInputError
         print(f"python -m orchestrator.frontier: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
