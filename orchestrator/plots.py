@@ -1,24 +1,47 @@
-"""Frontier pictures: a PNG (matplotlib) and a self-contained interactive HTML (inline SVG).
+"""Frontier pictures: a PNG (matplotlib) and a self-contained interactive HTML (plotly).
 
 One panel per dataset, side by side. In each: every trial as a point at its *validation*
 (clean accuracy, ACR), the Pareto front of those points as a step line per method, the
 targets as vertical dashed lines, and each target's winner at its *test* figures as a star
-(the reported frontier). The HTML needs no plotting library: hovering a point shows its trial
-and configuration, clicking a legend entry hides a method.
+(the reported frontier). In the HTML, hovering a point shows its trial and its tuned
+configuration, and clicking a method in the legend hides it in every panel. The HTML embeds
+plotly.js, so it opens offline; :func:`frontier_figure` is the same figure as a plotly
+object (``mlflow.log_figure`` stores it as is).
 """
 
 from __future__ import annotations
 
 import html
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import TARGET, TRIAL_META_KEYS
 from orchestrator.pareto import TrialPoint, pareto_front
+from trainers import metrics as M
 
 COLORS = {"acert": "#d62728", "ibp": "#1f77b4", "crown-ibp": "#2ca02c"}
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+ACC_TITLE, ACR_TITLE = "clean accuracy", "ACR (l_inf, pixel units)"
+PLOT_ID = "frontier-plot"  # the HTML element plotly draws into
+# Not tuned: the searcher's bookkeeping, the method (the trace says it), and the settings every
+# trial of a sweep shares (configs of sweeps from before SweepConfig.trial carried them).
+_NOT_TUNED = {
+    *TRIAL_META_KEYS,
+    "method",
+    "dataset",
+    "data_dir",
+    "download",
+    "device",
+    "threads",
+    "seed",
+    "model",
+    "train_subset",
+    "synthetic_size",
+    "val_acr_samples",
+    "test_samples",
+}
 
 
 def color(method: str, i: int = 0) -> str:
@@ -42,16 +65,39 @@ def front_line(points: list[TrialPoint]) -> list[tuple[float, float]]:
     return [xy[i] for i in pareto_front(xy)]
 
 
+def methods_of(panels: list[Panel]) -> list[str]:
+    """Every method in any panel, in order of appearance: its index fixes its colour everywhere."""
+    found = [m for p in panels for m in p.points] + [r["method"] for p in panels for r in p.rows]
+    return list(dict.fromkeys(found))
+
+
+def winners(panel: Panel, method: str) -> list[tuple[list[float], dict[str, Any]]]:
+    """The method's feasible frontier rows, one entry per winning trial with the targets it won
+    (trials are shared across targets, so one trial often wins several)."""
+    won: dict[str, tuple[list[float], dict[str, Any]]] = {}
+    for r in panel.rows:
+        if r["method"] == method and r["status"] == "ok":
+            won.setdefault(r["trial_id"], ([], r))[0].append(float(r["target"]))
+    return list(won.values())
+
+
+def tuned_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The tuned hyperparameters of a trial config (Ray's dict or MLflow's string params)."""
+    return {k: v for k, v in sorted(config.items()) if k not in _NOT_TUNED}
+
+
+# --- PNG -------------------------------------------------------------------------------------
 def write_png(panels: list[Panel], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods = methods_of(panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for i, (method, pts) in enumerate(panel.points.items()):
-            c = color(method, i)
+        for method, pts in panel.points.items():
+            c = color(method, methods.index(method))
             usable = [p for p in pts if p.usable]
             ax.scatter(
                 [p.val_acc for p in usable],
@@ -66,8 +112,8 @@ def write_png(panels: list[Panel], path: Path) -> None:
                 ax.step(*zip(*front), where="pre", color=c, lw=1.6, label=f"{method}: Pareto front (val)")
             wins = [r for r in panel.rows if r["method"] == method and r["status"] == "ok"]
             ax.scatter(
-                [r["test_acc"] for r in wins],
-                [r["test_acr"] for r in wins],
+                [r[M.TEST_ACC] for r in wins],
+                [r[M.TEST_ACR] for r in wins],
                 marker="*",
                 s=160,
                 color=c,
@@ -78,7 +124,7 @@ def write_png(panels: list[Panel], path: Path) -> None:
         for t in panel.targets:
             ax.axvline(t, ls="--", color="grey", lw=0.8)
             ax.text(t, 1.0, f" {t:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
-        ax.set(title=panel.title, xlabel="clean accuracy", ylabel="ACR (l_inf)")
+        ax.set(title=panel.title, xlabel=ACC_TITLE, ylabel=ACR_TITLE)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -86,84 +132,175 @@ def write_png(panels: list[Panel], path: Path) -> None:
     plt.close(fig)
 
 
-def _svg_panel(panel: Panel, w: int = 520, h: int = 380, pad: int = 48) -> str:
-    pts = [p for ps in panel.points.values() for p in ps if p.usable]
-    xs = (
-        [p.val_acc for p in pts]
-        + [r["test_acc"] for r in panel.rows if r["status"] == "ok"]
-        + list(panel.targets)
-    )
-    ys = [p.val_acr for p in pts] + [r["test_acr"] for r in panel.rows if r["status"] == "ok"] + [0.0]
-    x0, x1 = min(xs, default=0.0) - 0.02, max(xs, default=1.0) + 0.02
-    y1 = max(ys, default=1.0) * 1.1 or 1.0
+# --- the interactive figure --------------------------------------------------------------------
+def _plotly() -> Any:
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError as e:  # a dependency of the project: only a broken install lacks it
+        raise ImportError("frontier.html is drawn with plotly: pip install plotly") from e
+    return go, make_subplots
 
-    def sx(v: float) -> float:
-        return pad + (v - x0) / (x1 - x0) * (w - 2 * pad)
 
-    def sy(v: float) -> float:
-        return h - pad - v / y1 * (h - 2 * pad)
+def _value(v: Any) -> str:
+    """A config value for a hover label: numbers (also MLflow's string params) to 4 digits."""
+    if isinstance(v, str):
+        try:
+            num = float(v)
+        except ValueError:
+            return html.escape(v[:60])
+        return v if v.lstrip("-").isdigit() else _value(num)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v)[:60])
 
-    out = [
-        f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">',
-        f'<text x="{w / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(panel.title)}</text>',
-        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
-        f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">clean accuracy [{x0:.3f}, {x1:.3f}]</text>',
-        f'<text x="12" y="{h / 2}" transform="rotate(-90 12 {h / 2})" text-anchor="middle">ACR [0, {y1:.4f}]</text>',
+
+def _config_lines(config: dict[str, Any]) -> list[str]:
+    return [f"{html.escape(str(k))} = {_value(v)}" for k, v in tuned_config(config).items()]
+
+
+def _trial_hover(method: str, p: TrialPoint) -> str:
+    lines = [
+        f"<b>{html.escape(method)}</b> trial {html.escape(p.trial_id)}",
+        f"val acc {p.val_acc:.4f}   val ACR {p.val_acr:.4f}",
     ]
-    for t in panel.targets:
-        out.append(
-            f'<line x1="{sx(t):.1f}" y1="{pad}" x2="{sx(t):.1f}" y2="{h - pad}" stroke="grey" '
-            f'stroke-dasharray="4"><title>target {t:g}</title></line>'
+    if TARGET in p.config:
+        lines.append(f"searched for target {_value(p.config[TARGET])}")
+    return "<br>".join(lines + _config_lines(p.config))
+
+
+def _winner_hover(method: str, targets: list[float], row: dict[str, Any]) -> str:
+    certs = sorted((k for k in row if M.is_cert_acc(k)), key=M.cert_eps_of)
+    lines = [
+        f"<b>{html.escape(method)}</b> winner for target {', '.join(f'{t:g}' for t in targets)}",
+        f"trial {html.escape(str(row['trial_id']))}",
+        f"test acc {row[M.TEST_ACC]:.4f}   test ACR {row[M.TEST_ACR]:.4f}",
+        f"val acc {row[M.VAL_ACC]:.4f}   val ACR {row[M.VAL_ACR]:.4f}",
+        *(f"{k} {row[k]:.4f}" for k in certs),
+    ]
+    return "<br>".join(lines + _config_lines(row.get("config") or {}))
+
+
+def _target_hover(panel: Panel, target: float) -> str:
+    lines = [f"target clean accuracy {target:g}"]
+    for r in panel.rows:
+        if math.isclose(float(r["target"]), target):
+            won = f"trial {r['trial_id']}" if r["status"] == "ok" else "no feasible trial"
+            lines.append(f"{html.escape(r['method'])}: {html.escape(won)}")
+    return "<br>".join(lines)
+
+
+def frontier_figure(panels: list[Panel]) -> Any:
+    """The frontier as one plotly figure, a subplot per panel (dataset).
+
+    Per method and panel three traces share the method's legend group, so the legend has one
+    entry per method and a click hides all of them: the trials (validation, hover: trial and
+    tuned configuration), their Pareto front (validation) and the winners (test, stars).
+    """
+    go, make_subplots = _plotly()
+    methods = methods_of(panels)
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=[p.title for p in panels])
+    shown: set[str] = set()
+    for col, panel in enumerate(panels, start=1):
+        for method in methods:
+            c, pts = color(method, methods.index(method)), panel.points.get(method, [])
+            usable = [p for p in pts if p.usable]
+            group = dict(legendgroup=method, showlegend=method not in shown)
+            shown.add(method)
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.val_acc for p in usable],
+                    y=[p.val_acr for p in usable],
+                    mode="markers",
+                    name=method,
+                    marker=dict(color=c, size=8, opacity=0.55),
+                    text=[_trial_hover(method, p) for p in usable],
+                    hovertemplate="%{text}<extra></extra>",
+                    **group,
+                ),
+                row=1,
+                col=col,
+            )
+            front = front_line(pts)
+            fig.add_trace(
+                go.Scatter(
+                    x=[a for a, _ in front],
+                    y=[r for _, r in front],
+                    mode="lines",
+                    line=dict(color=c, width=2, shape="vh"),  # as matplotlib's step(where="pre")
+                    name=f"{method} Pareto front (val)",
+                    hoverinfo="skip",
+                    legendgroup=method,
+                    showlegend=False,
+                ),
+                row=1,
+                col=col,
+            )
+            won = winners(panel, method)
+            fig.add_trace(
+                go.Scatter(
+                    x=[row[M.TEST_ACC] for _, row in won],
+                    y=[row[M.TEST_ACR] for _, row in won],
+                    mode="markers",
+                    marker=dict(color=c, size=18, symbol="star", line=dict(color="black", width=1)),
+                    name=f"{method} winners (test)",
+                    text=[_winner_hover(method, targets, row) for targets, row in won],
+                    hovertemplate="%{text}<extra></extra>",
+                    legendgroup=method,
+                    showlegend=False,
+                ),
+                row=1,
+                col=col,
+            )
+        for t in panel.targets:
+            fig.add_vline(
+                x=t,
+                line=dict(color="grey", width=1, dash="dash"),
+                annotation=dict(text=f"{t:g}", hovertext=_target_hover(panel, t), font_color="grey"),
+                annotation_position="bottom right",
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=ACC_TITLE, ticks="outside", showline=True, row=1, col=col)
+        fig.update_yaxes(
+            title_text=ACR_TITLE, ticks="outside", showline=True, rangemode="tozero", row=1, col=col
         )
-    for i, (method, ps) in enumerate(panel.points.items()):
-        c, cls = color(method, i), f"m-{html.escape(method)}"
-        front = front_line(ps)
-        if front:
-            path = " ".join(f"{sx(a):.1f},{sy(r):.1f}" for a, r in front)
-            out.append(f'<polyline class="{cls}" points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for p in ps:
-            if p.usable:
-                tip = html.escape(
-                    f"{method} {p.trial_id}: val_acc={p.val_acc:.4f} val_acr={p.val_acr:.4f}\n"
-                    + json.dumps({k: v for k, v in p.config.items() if k != "data_dir"}, default=str)
-                )
-                out.append(
-                    f'<circle class="{cls}" cx="{sx(p.val_acc):.1f}" cy="{sy(p.val_acr):.1f}" r="4" '
-                    f'fill="{c}" fill-opacity="0.5"><title>{tip}</title></circle>'
-                )
-        for r in panel.rows:
-            if r["method"] == method and r["status"] == "ok":
-                tip = html.escape(
-                    f"winner for {r['target']:g} ({method}, test): acc={r['test_acc']:.4f} "
-                    f"ACR={r['test_acr']:.4f} trial {r['trial_id']}"
-                )
-                out.append(
-                    f'<rect class="{cls}" x="{sx(r["test_acc"]) - 6:.1f}" y="{sy(r["test_acr"]) - 6:.1f}" '
-                    f'width="12" height="12" fill="{c}" stroke="black"><title>{tip}</title></rect>'
-                )
-    out.append("</svg>")
-    return "\n".join(out)
+    fig.update_layout(
+        title=dict(
+            text="Clean accuracy vs ACR",
+            subtitle=dict(
+                text="dots: trials (validation) · lines: Pareto fronts (validation) · "
+                "stars: each target's winner (test) · dashed: targets"
+            ),
+        ),
+        template="plotly_white",
+        height=540,
+        margin=dict(t=110),
+        hovermode="closest",
+        hoverlabel=dict(align="left"),
+        legend=dict(title_text="method (click to hide)"),
+    )
+    return fig
 
 
+# --- HTML ------------------------------------------------------------------------------------
 def write_html(panels: list[Panel], path: Path) -> None:
-    methods = sorted({m for p in panels for m in p.points})
-    legend = " ".join(
-        f'<label style="color:{color(m, i)}"><input type="checkbox" checked '
-        f"onchange=\"toggle('m-{html.escape(m)}', this.checked)\"> {html.escape(m)}</label>"
-        for i, m in enumerate(methods)
+    """The figure (plotly.js embedded: no network needed) above the table of frontier rows."""
+    plot = frontier_figure(panels).to_html(
+        full_html=False, include_plotlyjs=True, div_id=PLOT_ID, config={"displaylogo": False}
     )
     rows = [r for p in panels for r in p.rows]
+    certs = sorted({k for r in rows for k in r if M.is_cert_acc(k)}, key=M.cert_eps_of)
     cols = [
         "dataset",
         "method",
         "target",
         "status",
-        "val_acc",
-        "val_acr",
-        "test_acc",
-        "test_acr",
-        *sorted({k for r in rows for k in r if k.startswith("cert_acc@")}),
+        M.VAL_ACC,
+        M.VAL_ACR,
+        M.TEST_ACC,
+        M.TEST_ACR,
+        *certs,
         "trial_id",
     ]
     table = (
@@ -175,14 +312,9 @@ def write_html(panels: list[Panel], path: Path) -> None:
             for r in rows
         )
     )
-    body = "\n".join(_svg_panel(p) for p in panels)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>accuracy-ACR frontier</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head>
-<body><h2>Clean accuracy vs ACR</h2><p>Points: trials (validation). Lines: Pareto fronts (validation).
-Squares: each target's winner on the test set. Hover for details. {legend}</p>
-<div style="display:flex;flex-wrap:wrap">{body}</div><table>{table}</table>
-<script>function toggle(c, on){{document.querySelectorAll('.'+CSS.escape(c)).forEach(
-e=>e.style.display=on?'':'none');}}</script></body></html>
+<body>{plot}<h3>Frontier (test figures of each target's winner)</h3><table>{table}</table></body></html>
 """)
 
 
