@@ -34,7 +34,9 @@ def sweep_argv(entrypoint: str) -> list[str] | None:
 
 def parse_entrypoint(entrypoint: str):
     """(argparse namespace, error): the entrypoint parsed by orchestrator.cli's own parser, then
-    validated by ``parse_sweep_args`` (which exits 2 on bad values) unless it resumes by name."""
+    validated by ``parse_sweep_args`` unless it resumes by name. Bad input either exits 2 with
+    a line on stderr, or raises ``SweepInputError`` (a ValueError) with the line as message:
+    both are accepted, so the check does not depend on which the parser does."""
     from orchestrator.cli import build_parser, parse_sweep_args  # the project under test
 
     argv = sweep_argv(entrypoint)
@@ -46,9 +48,16 @@ def parse_entrypoint(entrypoint: str):
             ns = build_parser().parse_args(argv)
             if not ns.resume:  # --resume reads the saved sweep from storage: not available offline
                 parse_sweep_args(argv)
-    except SystemExit:
-        return None, f"rejected by orchestrator.cli: {err.getvalue().strip()}"
+    except (SystemExit, ValueError) as e:
+        message = str(e) if isinstance(e, ValueError) else err.getvalue().strip()
+        return None, f"rejected by orchestrator.cli: {message or type(e).__name__}"
     return ns, None
+
+
+def downloads(ns) -> bool:
+    """Whether the sweep may download its data set: ``--no-download`` sets ``no_download`` in a
+    hand-written parser and ``download = False`` in one generated from SweepConfig's fields."""
+    return bool(ns.download) if hasattr(ns, "download") else not ns.no_download
 
 
 def _job_cluster(job: dict, objects: list[dict]) -> dict | None:
@@ -138,7 +147,7 @@ def _data_problems(ns, cluster: dict) -> list[str]:
         for name, _, spec in ray_groups(cluster)
         if not is_mounted(ns.data_dir, claim_mounts(spec, ray_container(spec)), writable=(name == "head"))
     ]
-    if ns.no_download:
+    if not downloads(ns):
         head = ray_groups(cluster)[0][2]
         prefetch = [
             c

@@ -13,6 +13,7 @@ import copy
 import re
 import shlex
 import shutil
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -95,17 +96,18 @@ def test_the_gpu_rayjob_runs_the_cifar10_sweep_of_the_issue():
     job = find(objects_of("gpu"), "RayJob", "acert-sweep")
     ns, error = sp.parse_entrypoint(job["spec"]["entrypoint"])
     assert error is None
-    assert (ns.dataset, ns.accs, ns.address, ns.tracking_uri) == (
+    accs = ns.accs if isinstance(ns.accs, tuple) else tuple(float(a) for a in ns.accs.split(","))
+    assert (ns.dataset, accs, ns.address, ns.tracking_uri) == (
         "cifar10",
-        "0.6,0.7,0.8",
+        (0.6, 0.7, 0.8),
         "auto",
         "http://mlflow:5000",
     )
-    assert (ns.storage, ns.data_dir, ns.name, ns.no_download) == (
+    assert (ns.storage, ns.data_dir, ns.name, sp.downloads(ns)) == (
         "/mnt/acert/sweeps",
         "/mnt/acert/data",
         "acert-cifar10",
-        True,
+        False,
     )
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
@@ -124,6 +126,55 @@ def test_entrypoint_is_parsed_by_the_projects_own_parser():
             words = shlex.split(job["spec"]["entrypoint"])
             assert words[:3] == ["python", "-m", "orchestrator.sweep"]
             build_parser().parse_args(words[3:])  # raises SystemExit(2) on an unknown flag
+
+
+class FakeSweepInputError(ValueError):
+    """Stands for orchestrator.cli.SweepInputError, whichever version of the parser is installed."""
+
+
+def exits(message: str):
+    """The parser's old behaviour on bad input: one line on stderr, then exit code 2."""
+
+    def fail(*args, **kwargs):
+        sys.stderr.write(f"python -m orchestrator.sweep: error: {message}\n")
+        raise SystemExit(2)
+
+    return fail
+
+
+def raises(message: str):
+    """The parser's new behaviour on bad input: SweepInputError (a ValueError) with the line."""
+
+    def fail(*args, **kwargs):
+        raise FakeSweepInputError(message)
+
+    return fail
+
+
+@pytest.mark.parametrize("behaviour", [exits, raises])
+def test_rejected_values_keep_their_message_whether_the_parser_exits_or_raises(monkeypatch, behaviour):
+    import orchestrator.cli
+
+    monkeypatch.setattr(orchestrator.cli, "parse_sweep_args", behaviour("invalid --accs 1.5: not in (0, 1)"))
+    ns, error = sp.parse_entrypoint("python -m orchestrator.sweep --dataset mnist --accs 1.5")
+    assert ns is None
+    assert error.startswith("rejected by orchestrator.cli: ") and error.endswith(
+        "invalid --accs 1.5: not in (0, 1)"
+    )
+
+
+@pytest.mark.parametrize("behaviour", [exits, raises])
+def test_unknown_flags_keep_their_message_whether_the_parser_exits_or_raises(monkeypatch, behaviour):
+    import orchestrator.cli
+
+    class Parser:
+        parse_args = staticmethod(behaviour("unrecognized arguments: --max-retries 2"))
+
+    monkeypatch.setattr(orchestrator.cli, "build_parser", Parser)
+    ns, error = sp.parse_entrypoint("python -m orchestrator.sweep --max-retries 2")
+    assert ns is None
+    assert error.startswith("rejected by orchestrator.cli: ")
+    assert error.endswith("unrecognized arguments: --max-retries 2")
 
 
 def test_the_readme_resume_command_is_a_valid_entrypoint():
