@@ -51,4 +51,4 @@ def register_space(name: str) -> Callable[[SearchSpace], SearchSpace]:
 get_space = SPACES.get
 
 
-from search_spaces import acert, baselines  # noqa: E402,F401  (registers the spaces)
+from search_spaces import acert, baselines, mtl_ibp  # noqa: E402,F401  (registers the spaces)

@@ -1,0 +1,145 @@
+"""MTL-IBP (De Palma et al., "Expressive Losses for Verified Robustness via Convex Combinations",
+ICLR 2024): a convex combination of the IBP loss and the adversarial loss,
+
+    L_MTL(x, y) = alpha * L(lb_IBP(x, y, eps)) + (1 - alpha) * L(m(x_adv, y)),
+    L(m) = log(1 + sum_{j != y} exp(-m_j))   (cross-entropy written on margins m_j = z_y - z_j),
+
+where lb_IBP are the IBP lower bounds of the margins over the l_inf box of radius eps (clipped
+to [0, 1]) and m(x_adv, y) the margins at a PGD point x_adv of the box of radius
+attack_eps_factor * eps. L(m(x_adv, y)) is exactly the cross-entropy of the adversarial logits,
+so the second term is adversarial training's loss and alpha = 1 is IBP training. This is the
+paper's MTL-IBP (the authors' ``train.py``: ``mtlibp_coeff * robust_loss + (1 - mtlibp_coeff)
+* adv_loss``). Its sibling CC-IBP combines the margins before the loss, L(alpha lb_IBP + (1 -
+alpha) m(x_adv)); L is convex in the margins, so CC-IBP's loss is never above MTL-IBP's. As the
+losses, not the margins, are combined, this method is not a margin policy of
+``CertifiedTraining``; it reuses its parts (schedule, fixed radius eps_max(t), the joint clean
+and IBP pass, the Shi et al. 2021 regulariser) and mixes the standard loss as every method
+does: (1 - kappa) L_MTL + kappa L_std (the paper has no such term: kappa defaults to 0).
+
+BatchNorm: the clean batch's statistics throughout. The IBP pass already normalises the box
+with them (``trainers.bounds.engine``); the attack and the adversarial logits use the same
+per-channel maps, so both terms score one and the same network and alpha moves between a lower
+and an upper bound of its robust loss (the paper's expressivity argument). The running
+statistics are updated once per step, by the clean batch, so evaluation normalises as on clean
+data. (The authors' code attacks in eval mode, then evaluates the adversarial batch in train
+mode, whose statistics the IBP pass then reuses.) The attack point is a constant; gradients
+reach the parameters through the adversarial logits, as in adversarial training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainers.attacks import Logits, margins_of, pgd_attack
+from trainers.bounds import clean_pass, joint_ibp
+from trainers.bounds.engine import BoundContext, layers_of, propagate
+from trainers.methods.base import StepOutput, register_method, robust_ce, standard_step
+from trainers.methods.certified import FixedRadius, Schedule, normalised_radius
+from trainers.methods.regularizers import shi_regularizer
+from trainers.settings import bad, setting
+
+
+@dataclass(frozen=True)
+class MTLIBPParams:
+    alpha: float = setting(0.5, "MTL-IBP: weight of the IBP loss in alpha L_IBP + (1 - alpha) L_adv")
+    attack_steps: int = setting(1, "MTL-IBP: PGD steps of the training attack")
+    attack_restarts: int = setting(1, "MTL-IBP: random restarts of the training attack")
+    attack_step_ratio: float | None = setting(
+        None, "MTL-IBP: PGD step as a fraction of the attack radius; default: 2.5 / attack_steps"
+    )
+    attack_eps_factor: float = setting(1.0, "MTL-IBP: attack radius as a multiple of the training radius")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise bad("alpha", self.alpha, "must lie in [0, 1]")
+        for name in ("attack_steps", "attack_restarts"):
+            if getattr(self, name) < 1:
+                raise bad(name, getattr(self, name), "must be >= 1")
+        if self.attack_step_ratio is not None and not self.attack_step_ratio > 0:
+            raise bad("attack_step_ratio", self.attack_step_ratio, "must be > 0 (or unset)")
+        if not self.attack_eps_factor > 0:
+            raise bad("attack_eps_factor", self.attack_eps_factor, "must be > 0")
+
+
+def mtl_ibp_loss(ibp_margins: Tensor | None, adv_margins: Tensor | None, alpha: float) -> Tensor:
+    """alpha * L(ibp_margins) + (1 - alpha) * L(adv_margins); a term of weight 0 may be None."""
+    terms = [(alpha, ibp_margins), (1.0 - alpha, adv_margins)]
+    return sum(w * robust_ce(m) for w, m in terms if w > 0)
+
+
+def with_batch_stats(model: nn.Sequential, ctx: BoundContext, *, detach: bool) -> Logits:
+    """The model's logits with every per-channel affine layer fixed to its map in ``ctx`` (the
+    clean batch's BatchNorm statistics); ``detach``: as constants (for the attack)."""
+    layers = layers_of(model)
+    if model.training:
+        bns = [i for i, m in enumerate(layers) if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+        assert all(i in ctx.affines for i in bns), "the context lacks the clean batch's statistics"
+    affines = {i: (s.detach(), t.detach()) if detach else (s, t) for i, (s, t) in ctx.affines.items()}
+    frozen = BoundContext(affines=affines)
+
+    def forward(z: Tensor) -> Tensor:
+        feats, _, _ = propagate(layers, frozen, clean=z)
+        return layers[-1](feats)
+
+    return forward
+
+
+class MTLIBPTraining:
+    """One MTL-IBP step: the joint clean/IBP pass, the attack, the combined loss."""
+
+    def __init__(self, cfg, steps_per_epoch: int, *, schedule: Schedule | None = None) -> None:
+        self.cfg, self.params = cfg, cfg.params
+        self.schedule = schedule or Schedule(cfg, steps_per_epoch)
+        self.radius = FixedRadius()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.schedule.steps_per_epoch
+
+    def step(
+        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
+    ) -> StepOutput:
+        eps_t = self.schedule.eps_max(step)
+        if eps_t <= 0.0:
+            return standard_step(model, x, y)
+        alpha, reg_w = self.params.alpha, self.schedule.reg_weight(eps_t)
+        eps = self.radius(model, x, y, eps_t)
+        if alpha > 0 or reg_w > 0:
+            logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=reg_w > 0)
+        else:  # alpha = 0 and no regulariser: no bound is needed
+            (logits, ctx), lb = clean_pass(model, x, update_stats=True), None
+        adv = self.adversarial_margins(model, x, y, eps, ctx) if alpha < 1 else None
+        loss = mtl_ibp_loss(lb, adv, alpha)
+        kappa = self.schedule.kappa(step)
+        if kappa > 0:
+            loss = (1 - kappa) * loss + kappa * F.cross_entropy(logits, y)
+        if reg_w > 0:
+            loss = loss + reg_w * shi_regularizer(ctx, normalised_radius(model, x, eps), self.cfg.reg_tol)
+        return StepOutput(loss, logits, eps.detach().mean(), eps_t)
+
+    def adversarial_margins(
+        self, model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext
+    ) -> Tensor:
+        """Margins [B, K-1] at the PGD point of radius attack_eps_factor * eps; the attack sees
+        the clean batch's BatchNorm maps as constants, the loss's margins see them as they are
+        (gradients flow through them as through the IBP pass)."""
+        p = self.params
+        x_adv = pgd_attack(
+            model,
+            x,
+            y,
+            eps * p.attack_eps_factor,
+            steps=p.attack_steps,
+            restarts=p.attack_restarts,
+            step_size=p.attack_step_ratio,
+            forward=with_batch_stats(model, ctx, detach=True),
+        )
+        return margins_of(with_batch_stats(model, ctx, detach=False)(x_adv), y)
+
+
+@register_method("mtl-ibp", MTLIBPParams)
+def build(cfg, steps_per_epoch: int) -> MTLIBPTraining:
+    return MTLIBPTraining(cfg, steps_per_epoch)
