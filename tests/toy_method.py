@@ -34,7 +34,7 @@ class FractionRadius:
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
 
-    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False):
+    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None):
         return torch.full((x.shape[0],), self.fraction * eps_t, dtype=x.dtype, device=x.device)
 
 

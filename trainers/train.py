@@ -52,8 +52,13 @@ def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequenti
     return model.to(device)
 
 
+def method_state(method: TrainingMethod) -> dict:
+    """What a method keeps across epochs (ACERT's warm radii), for checkpoints; {} for most."""
+    return method.state_dict() if hasattr(method, "state_dict") else {}
+
+
 def _save(
-    out: Path, model: nn.Sequential, cfg: TrainConfig, splits: Splits, opt, sched, epoch: int, history
+    out: Path, model: nn.Sequential, cfg: TrainConfig, splits: Splits, opt, sched, epoch: int, history, method
 ) -> None:
     spec = splits.spec
     save_checkpoint(
@@ -76,6 +81,7 @@ def _save(
             "epoch": epoch,
             "history": history,
             "model": model.state_dict(),
+            "method": method_state(method),
         },
         tmp,
     )
@@ -151,6 +157,8 @@ def run_training(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
+        if state.get("method") and hasattr(method, "load_state_dict"):
+            method.load_state_dict(state["method"])
         log(f"resuming {out} after epoch {start}")
     for epoch in range(start, cfg.epochs):
         metrics = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, splits.spec.augment)
@@ -160,7 +168,7 @@ def run_training(
                 metrics.update(validate(model, splits, cfg, device, "test"))
             metrics[M.DONE] = True
         history.append(metrics)
-        _save(out, model, cfg, splits, opt, sched, epoch + 1, history)
+        _save(out, model, cfg, splits, opt, sched, epoch + 1, history, method)
         log(format_metrics(metrics))
         if on_epoch is not None:
             on_epoch(metrics, out)
@@ -177,11 +185,12 @@ def train_step(
     step: int,
     *,
     grad_clip: float,
+    idx: Tensor | None = None,
 ) -> tuple[StepOutput, float]:
     """One optimisation step: the method's loss, a divergence check, backward, clip, update.
 
     The seam the loop and ``bench.step`` share. Returns the method's output and the loss value."""
-    res = method.step(model, x, y, step)
+    res = method.step(model, x, y, step, idx=idx)
     loss = res.loss.item()  # sync point: a NaN must stop the trial before it reaches the weights
     if not math.isfinite(loss):
         raise DivergedError(f"loss is {loss} at step {step} (eps_max={res.eps_max:.4g})")
@@ -210,10 +219,11 @@ def train_epoch(
         generator=gen,
         device=device,
         augment=augment,
+        with_index=True,
     )
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y, idx) in enumerate(batches):
         step = epoch * method.steps_per_epoch + i
-        res, loss = train_step(model, method, opt, sched, x, y, step, grad_clip=cfg.grad_clip)
+        res, loss = train_step(model, method, opt, sched, x, y, step, grad_clip=cfg.grad_clip, idx=idx)
         b = y.shape[0]
         n += b
         loss_sum += loss * b

@@ -110,11 +110,13 @@ def iterate_batches(
     generator: torch.Generator | None,
     device: torch.device | str,
     augment: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    with_index: bool = False,
+) -> Iterator[tuple[Tensor, ...]]:
     """Yield float32 [0, 1] batches on ``device``, each sample exactly once (the last batch may be short).
 
     Shuffling and augmentation draw from ``generator`` (a CPU generator), so an epoch is reproducible
-    from its seed on CPU and CUDA alike.
+    from its seed on CPU and CUDA alike. ``with_index``: also yield each sample's position in ``x``
+    (on ``device``), for methods that keep per-sample state across epochs (ACERT's warm radii).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
@@ -127,7 +129,8 @@ def iterate_batches(
         xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
         if augment:
             xb = augment_batch(xb, generator)
-        yield xb, y[idx].to(device, non_blocking=True)
+        yb = y[idx].to(device, non_blocking=True)
+        yield (xb, yb, idx.to(device, non_blocking=True)) if with_index else (xb, yb)
 
 
 def augment_batch(x: Tensor, generator: torch.Generator | None) -> Tensor:

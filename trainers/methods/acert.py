@@ -29,12 +29,19 @@ from trainers.methods.certified import CertifiedTraining
 from trainers.rootfind import min_margin, solve_radius
 from trainers.settings import bad, setting
 
+RADIUS_SOLVERS = ("exact", "warm")
+
 
 @dataclass(frozen=True)
 class ACERTParams:
     root_iters: int = setting(10, "ACERT: bound evaluations per batch for the adaptive radii")
     root_rel_tol: float = setting(1e-4, "ACERT: relative tolerance of the adaptive radii")
     min_eps: float = setting(0.0, "ACERT: floor of the adaptive radii while regularising")
+    radius_solver: str = setting(
+        "exact",
+        "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm "
+        "(carry each sample's radius across epochs and update it from the passes the loss makes)",
+    )
 
     def __post_init__(self) -> None:
         if self.root_iters < 1:
@@ -43,6 +50,8 @@ class ACERTParams:
             raise bad("root_rel_tol", self.root_rel_tol, "must lie in (0, 1)")
         if self.min_eps < 0:
             raise bad("min_eps", self.min_eps, "must be >= 0")
+        if self.radius_solver not in RADIUS_SOLVERS:
+            raise bad("radius_solver", self.radius_solver, f"choose one of {', '.join(RADIUS_SOLVERS)}")
 
 
 @torch.no_grad()
@@ -82,7 +91,7 @@ class AdaptiveRadius:
     def __init__(self, params: ACERTParams, bound_factory=ibp_margins_fn) -> None:
         self.params, self.bound_factory = params, bound_factory
 
-    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False) -> Tensor:
+    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
         p = self.params
         eps = adaptive_radii(
             model,
@@ -99,6 +108,98 @@ class AdaptiveRadius:
         return eps
 
 
+class WarmRadius:
+    """ACERT's radii amortised across epochs (``--radius-solver warm``).
+
+    Each sample keeps an estimate r_i of its certified radius from the last time it was seen
+    (a tensor over the training split, in the checkpoint). The batch trains at
+    eps_i = min(r_i, eps_max(t)) in one joint clean + IBP pass, as IBP does: no separate clean
+    pass and no root solve. The loss's own pass then gives, for free, the clean margin
+    g(0) and the bound g(eps_i) of every sample, and r_i moves to the secant root
+    eps_i * g(0) / (g(0) - g(eps_i)): downwards (interpolation) where eps_i was not certified,
+    upwards (extrapolation, at most ``MAX_GROWTH`` times eps_i) where it was. Samples without an
+    estimate (first seen, or misclassified last time and correct now) get the exact solve, on
+    that sub-batch only. A misclassified sample has radius 0: its bound is replaced by its clean
+    margins (the IBP bound at eps = 0), as the exact solver's eps_i = 0 gives.
+
+    These radii are training targets, not certificates: certification always solves exactly.
+    """
+
+    needs_clean = False
+    MAX_GROWTH = 1.5
+
+    def __init__(self, params: ACERTParams, max_eps: float, bound_factory=ibp_margins_fn) -> None:
+        self.params, self.max_eps, self.bound_factory = params, max_eps, bound_factory
+        self.r_est: Tensor | None = None  # NaN: no estimate yet
+        self._exact = AdaptiveRadius(params, bound_factory)
+
+    def _estimates(self, idx: Tensor, like: Tensor) -> Tensor:
+        need = int(idx.max()) + 1 if idx.numel() else 0
+        if self.r_est is None or self.r_est.device != like.device or len(self.r_est) < need:
+            grown = torch.full((max(need, 0),), float("nan"), dtype=like.dtype, device=like.device)
+            if self.r_est is not None:
+                grown[: len(self.r_est)] = self.r_est.to(grown)
+            self.r_est = grown
+        return self.r_est[idx]
+
+    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
+        if idx is None:  # no sample identities: nothing to carry over, solve exactly
+            return self._exact(model, x, y, eps_t, clean=clean, regularising=regularising)
+        eps = torch.nan_to_num(self._estimates(idx, x), nan=0.0).clamp(0.0, eps_t)
+        if self.params.min_eps > 0 and regularising:
+            eps = eps.clamp(min=min(self.params.min_eps, eps_t))
+        return eps
+
+    @torch.no_grad()
+    def _update(self, model, x, y, idx, eps, eps_t, logits, lb, ctx) -> Tensor:
+        others = other_classes(y, logits.shape[1])
+        g0 = (logits.gather(1, y[:, None]) - logits.gather(1, others)).min(1).values
+        ge = min_margin(lb)
+        correct = g0 > 0
+        new = torch.zeros_like(g0)  # misclassified: radius 0
+        known = correct & (eps > 0)
+        drop = (g0 - ge).clamp(min=torch.finfo(g0.dtype).tiny)
+        secant = eps * g0 / drop
+        grown = torch.minimum(secant, eps * self.MAX_GROWTH)
+        new = torch.where(known, torch.where(ge > 0, grown, secant), new)
+        cold = (correct & ~known).nonzero().squeeze(1)
+        if cold.numel():  # no estimate to start from: the exact solve, on these samples only
+            sub = BoundContext(affines=dict(ctx.affines))
+            bound = self.bound_factory(model, x[cold], y[cold], sub)
+            p = self.params
+            new[cold] = solve_radius(
+                lambda i, e: min_margin(bound(i, e)),
+                g0[cold],
+                eps_t,
+                rel_tol=p.root_rel_tol,
+                abs_tol=eps_t * 1e-4,
+                max_iter=p.root_iters,
+            )
+        self.r_est[idx] = new.clamp(0.0, self.max_eps)
+        return correct
+
+    def after_bounds(self, model, x, y, idx, eps, eps_t, logits, lb, ctx) -> Tensor:
+        if idx is None:
+            return lb
+        correct = self._update(model, x, y, idx, eps.detach(), eps_t, logits.detach(), lb.detach(), ctx)
+        if bool(correct.all()):
+            return lb
+        others = other_classes(y, logits.shape[1])
+        clean_margins = logits.gather(1, y[:, None]) - logits.gather(1, others)  # the bound at eps = 0
+        return torch.where(correct[:, None] | (eps[:, None] == 0), lb, clean_margins)
+
+    def state_dict(self) -> dict:
+        return {} if self.r_est is None else {"r_est": self.r_est.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "r_est" in state:
+            self.r_est = state["r_est"].clone()
+
+
 @register_method("acert", ACERTParams)
 def build(cfg, steps_per_epoch: int, *, bound_factory=ibp_margins_fn) -> CertifiedTraining:
-    return CertifiedTraining(cfg, steps_per_epoch, radius=AdaptiveRadius(cfg.params, bound_factory))
+    if cfg.params.radius_solver == "warm":
+        radius = WarmRadius(cfg.params, cfg.train_max_eps, bound_factory)
+    else:
+        radius = AdaptiveRadius(cfg.params, bound_factory)
+    return CertifiedTraining(cfg, steps_per_epoch, radius=radius)

@@ -42,7 +42,13 @@ class StepOutput:
 
 
 class TrainingMethod(Protocol):
-    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput: ...
+    """``step`` computes the loss of one batch; ``idx`` are the samples' positions in the
+    training split (for methods with per-sample state; optional ``state_dict``/``load_state_dict``
+    put that state in the checkpoint)."""
+
+    def step(
+        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
+    ) -> StepOutput: ...
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,13 @@ class Schedule:
 
 
 class RadiusPolicy(Protocol):
+    """Which radius each sample of a batch is trained at.
+
+    ``idx`` are the samples' positions in the training split (None when the caller has none),
+    for policies that keep per-sample state across epochs; such a policy also has
+    ``state_dict()`` / ``load_state_dict()`` (saved with the checkpoint) and may look at the
+    bound pass it led to with ``after_bounds(...) -> margins``."""
+
     needs_clean: bool  # True: called with the clean pass of the batch (logits, ctx)
 
     def __call__(
@@ -69,6 +76,7 @@ class RadiusPolicy(Protocol):
         *,
         clean: tuple[Tensor, BoundContext] | None,
         regularising: bool,
+        idx: Tensor | None,
     ) -> Tensor: ...
 
 
@@ -77,7 +85,7 @@ class FixedRadius:
 
     needs_clean = False
 
-    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False) -> Tensor:
+    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
         return torch.full((x.shape[0],), eps_t, dtype=x.dtype, device=x.device)
 
 
@@ -126,7 +134,16 @@ class CertifiedTraining:
     def steps_per_epoch(self) -> int:
         return self.schedule.steps_per_epoch
 
-    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput:
+    def state_dict(self) -> dict:
+        return self.radius.state_dict() if hasattr(self.radius, "state_dict") else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and hasattr(self.radius, "load_state_dict"):
+            self.radius.load_state_dict(state)
+
+    def step(
+        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
+    ) -> StepOutput:
         eps_t = self.schedule.eps_max(step)
         if eps_t <= 0.0:
             return standard_step(model, x, y)
@@ -136,12 +153,16 @@ class CertifiedTraining:
             # the clean pass of the loss (autograd, running statistics updated) comes first, so
             # that the radius policy reuses its logits and BatchNorm statistics
             logits, ctx = clean_pass(model, x, update_stats=True)
-            eps = self.radius(model, x, y, eps_t, clean=(logits.detach(), ctx), regularising=reg_w > 0)
+            eps = self.radius(
+                model, x, y, eps_t, clean=(logits.detach(), ctx), regularising=reg_w > 0, idx=idx
+            )
             ctx.preact.clear()
             lb = ibp_margins(model, x, y, eps, ctx, record_preact=record)
         else:
-            eps = self.radius(model, x, y, eps_t, clean=None, regularising=reg_w > 0)
+            eps = self.radius(model, x, y, eps_t, clean=None, regularising=reg_w > 0, idx=idx)
             logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=record)
+        if hasattr(self.radius, "after_bounds"):
+            lb = self.radius.after_bounds(model, x, y, idx, eps, eps_t, logits, lb, ctx)
         lb = self.margins(model, x, y, eps, lb, ctx, step)
         loss = mixed_loss(lb, logits, y, self.schedule.kappa(step))
         if reg_w > 0:

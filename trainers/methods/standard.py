@@ -11,7 +11,9 @@ class Standard:
     def __init__(self, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
 
-    def step(self, model: nn.Sequential, x: Tensor, y: Tensor, step: int) -> StepOutput:
+    def step(
+        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
+    ) -> StepOutput:
         return standard_step(model, x, y)
 
 
