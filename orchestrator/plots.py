@@ -190,68 +190,61 @@ def _target_hover(panel: Panel, target: float) -> str:
     return "<br>".join(lines)
 
 
-def frontier_figure(panels: list[Panel]) -> Any:
-    """The frontier as one plotly figure, a subplot per panel (dataset).
+def _method_traces(go: Any, panel: Panel, method: str, c: str, legend: bool) -> list[Any]:
+    """One method's trials (validation), their Pareto front and its winners (test, stars), in
+    the method's legend group: one legend entry (``legend``) hides all three, in every panel."""
+    pts = panel.points.get(method, [])
+    usable = [p for p in pts if p.usable]
+    front = front_line(pts)
+    won = winners(panel, method)
+    hover = dict(hovertemplate="%{text}<extra></extra>", legendgroup=method)
+    return [
+        go.Scatter(
+            x=[p.val_acc for p in usable],
+            y=[p.val_acr for p in usable],
+            mode="markers",
+            name=method,
+            marker=dict(color=c, size=8, opacity=0.55),
+            text=[_trial_hover(method, p) for p in usable],
+            showlegend=legend,
+            **hover,
+        ),
+        go.Scatter(
+            x=[a for a, _ in front],
+            y=[r for _, r in front],
+            mode="lines",
+            line=dict(color=c, width=2, shape="vh"),  # as matplotlib's step(where="pre")
+            name=f"{method} Pareto front (val)",
+            hoverinfo="skip",
+            legendgroup=method,
+            showlegend=False,
+        ),
+        go.Scatter(
+            x=[row[M.TEST_ACC] for _, row in won],
+            y=[row[M.TEST_ACR] for _, row in won],
+            mode="markers",
+            marker=dict(color=c, size=18, symbol="star", line=dict(color="black", width=1)),
+            name=f"{method} winners (test)",
+            text=[_winner_hover(method, targets, row) for targets, row in won],
+            showlegend=False,
+            **hover,
+        ),
+    ]
 
-    Per method and panel three traces share the method's legend group, so the legend has one
-    entry per method and a click hides all of them: the trials (validation, hover: trial and
-    tuned configuration), their Pareto front (validation) and the winners (test, stars).
-    """
+
+def frontier_figure(panels: list[Panel]) -> Any:
+    """The frontier as one plotly figure, a subplot per panel (dataset): per method its trials,
+    Pareto front and winners (:func:`_method_traces`), and the targets as dashed lines."""
     go, make_subplots = _plotly()
     methods = methods_of(panels)
     fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=[p.title for p in panels])
     shown: set[str] = set()
     for col, panel in enumerate(panels, start=1):
         for method in methods:
-            c, pts = color(method, methods.index(method)), panel.points.get(method, [])
-            usable = [p for p in pts if p.usable]
-            group = dict(legendgroup=method, showlegend=method not in shown)
+            c = color(method, methods.index(method))
+            for trace in _method_traces(go, panel, method, c, legend=method not in shown):
+                fig.add_trace(trace, row=1, col=col)
             shown.add(method)
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.val_acc for p in usable],
-                    y=[p.val_acr for p in usable],
-                    mode="markers",
-                    name=method,
-                    marker=dict(color=c, size=8, opacity=0.55),
-                    text=[_trial_hover(method, p) for p in usable],
-                    hovertemplate="%{text}<extra></extra>",
-                    **group,
-                ),
-                row=1,
-                col=col,
-            )
-            front = front_line(pts)
-            fig.add_trace(
-                go.Scatter(
-                    x=[a for a, _ in front],
-                    y=[r for _, r in front],
-                    mode="lines",
-                    line=dict(color=c, width=2, shape="vh"),  # as matplotlib's step(where="pre")
-                    name=f"{method} Pareto front (val)",
-                    hoverinfo="skip",
-                    legendgroup=method,
-                    showlegend=False,
-                ),
-                row=1,
-                col=col,
-            )
-            won = winners(panel, method)
-            fig.add_trace(
-                go.Scatter(
-                    x=[row[M.TEST_ACC] for _, row in won],
-                    y=[row[M.TEST_ACR] for _, row in won],
-                    mode="markers",
-                    marker=dict(color=c, size=18, symbol="star", line=dict(color="black", width=1)),
-                    name=f"{method} winners (test)",
-                    text=[_winner_hover(method, targets, row) for targets, row in won],
-                    hovertemplate="%{text}<extra></extra>",
-                    legendgroup=method,
-                    showlegend=False,
-                ),
-                row=1,
-                col=col,
-            )
         for t in panel.targets:
             fig.add_vline(
                 x=t,
