@@ -19,7 +19,21 @@ TIMEOUT_S = 900  # a hung script, not a slow machine
 MACHINE_KEYS = {"cpu", "torch_threads", "torch", "gpu", "device"}
 EXPECTED = {
     "step": {"configs", "summary", "phase"},
-    "radius": {"acert_epoch_ratio", "evals_per_batch", "sample_evals_per_sample", "median_epoch_s"},
+    "radius": {
+        "acert_epoch_ratio",
+        "evals_per_batch",
+        "sample_evals_per_sample",
+        "median_epoch_s",
+        "acert_warm_epoch_ratio",
+        "acert_warm_sample_evals_per_sample",
+    },
+    "radius_quality": {
+        "exact_val_acc",
+        "warm_val_acc",
+        "exact_val_acr",
+        "warm_val_acr",
+        "warm_over_exact_epoch_s",
+    },
     "certify": {"certify_ibp_ratio", "certify_crown_ibp_ratio", "ibp_acr", "ibp_sample_evals_per_sample"},
     "sweep": {"overhead_1", "ratio_2", "fit_overhead_1", "ray_init_s", "median_s"},
     "search": {
@@ -45,7 +59,7 @@ def run_quick(name: str, *extra: str) -> dict:
     return json.loads(lines[0])
 
 
-@pytest.mark.parametrize("name", ["step", "radius", "certify", "search"])
+@pytest.mark.parametrize("name", ["step", "radius", "radius_quality", "certify", "search"])
 def test_bench_script_prints_one_json_object(name):
     out = run_quick(name)
     assert out["benchmark"] == name
