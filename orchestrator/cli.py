@@ -83,7 +83,16 @@ def load_saved_config(storage: str, name: str) -> dict[str, Any]:
 
 
 # Where things run may change on resume; what runs does not.
-_CHANGEABLE_ON_RESUME = ("address", "tracking_uri")
+_CHANGEABLE_ON_RESUME = ("address", "tracking_uri", "shared_storage")
+
+
+def _flags(values: dict[str, Any]) -> list[str]:
+    """Settings back to flags (for the equivalent --resume command line)."""
+    out = []
+    for k, v in values.items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, str(v)]
+    return out
 
 
 def parse_sweep_args(argv: list[str] | None = None) -> SweepConfig:
@@ -128,7 +137,7 @@ def _parse(argv: list[str] | None) -> SweepConfig:
                     ns.name,
                     "--storage",
                     storage,
-                    *[a for k, v in given.items() for a in ("--" + k.replace("_", "-"), v)],
+                    *_flags(given),
                 ]
             )
     values = fields_from(ns, SweepConfig)

@@ -78,6 +78,9 @@ class SweepConfig:
     address: str | None = setting(
         None, "Ray cluster address ('auto' joins one; default: $RAY_ADDRESS, else local)"
     )
+    shared_storage: bool = setting(
+        False, "--storage and --data-dir are folders every node of the Ray cluster mounts (NFS, a RWX volume)"
+    )
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial")
     gpus_per_trial: float = setting(0.0, "GPUs per trial; fractions share a GPU, e.g. 0.25")
     max_concurrent: int = setting(2, "trials running at once")
@@ -129,6 +132,13 @@ class SweepConfig:
             raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
         if not _NAME_RE.match(self.name):
             raise bad("--name", self.name, "use letters, digits, '.', '_' and '-' (at most 100)")
+        if self.address and not self.shared_storage and self.storage and not is_remote_uri(self.storage):
+            raise bad(
+                "--storage",
+                self.storage,
+                "with --address the trials run on other nodes, which cannot see this machine's folder; "
+                "use s3://... or a folder every node mounts, and say so with --shared-storage",
+            )
         try:  # the trials' shared settings are checked now, not in the first trial
             self.trial({})
         except ConfigError as e:
@@ -208,6 +218,7 @@ class SweepConfig:
         trial is scored on the same samples."""
         values = {name: getattr(self, name) for name in _SHARED_WITH_TRIALS}
         values["threads"] = self.trial_threads
+        values["download"] = False  # the driver fetched the data before the trials (preflight)
         values["method"] = self.methods[0]
         values.update({k: v for k, v in overrides.items() if k not in TRIAL_META_KEYS})
         return TrainConfig.from_dict(values)

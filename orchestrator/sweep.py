@@ -56,6 +56,7 @@ def check_tracking_uri(uri: str) -> None:
 def check_data(cfg: SweepConfig) -> None:
     """Load (and with download allowed, fetch) the data once in the driver, so trials never
     race to download it and a missing data set is a clear error, not N failed trials."""
+
     from trainers.data import DataMissingError, load_splits
 
     try:
@@ -79,8 +80,11 @@ def preflight(cfg: SweepConfig) -> None:
             f"{cfg.storage}; continue it with --resume {cfg.name}"
         )
     check_tracking_uri(cfg.tracking_uri)
-    if cfg.address is None:  # on a cluster the workers, not the driver, need the data
-        check_data(cfg)
+    # The driver fetches the data once, before any trial starts; trials never download
+    # (SweepConfig.trial), so they cannot race each other for it. On a cluster the data folder
+    # is a volume every node mounts (k8s/: the head's prefetch-data init step fills it).
+    check_data(cfg)
+    if cfg.address is None:  # on a cluster the GPUs are the workers', not the driver's
         if cfg.device == "cuda" or cfg.gpus_per_trial > 0:
             import torch
 

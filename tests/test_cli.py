@@ -134,8 +134,11 @@ def test_default_tracking_uri_is_absolute_sqlite(in_tmp, monkeypatch):
     assert parse_sweep_args(BASE).tracking_uri == f"sqlite:///{in_tmp / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("RAY_ADDRESS", "auto")
-    cfg = parse_sweep_args(BASE)
+    with pytest.raises(SweepInputError, match="--shared-storage"):  # a local folder on a cluster
+        parse_sweep_args(BASE)
+    cfg = parse_sweep_args([*BASE, "--shared-storage"])
     assert cfg.tracking_uri == "http://mlflow:5000" and cfg.address == "auto"
+    assert parse_sweep_args([*BASE, "--storage", "s3://bucket/sweeps"]).address == "auto"
 
 
 def test_resume_reads_the_saved_config(in_tmp):
@@ -143,9 +146,9 @@ def test_resume_reads_the_saved_config(in_tmp):
     folder = in_tmp / "sweeps" / "r1"
     folder.mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps(cfg.to_dict()))
-    back = parse_sweep_args(["--resume", "r1", "--address", "auto"])
+    back = parse_sweep_args(["--resume", "r1", "--address", "auto", "--shared-storage"])
     assert back.resume and back.trials == 5 and back.address == "auto"
-    assert back.replace(resume=False, address=None) == cfg
+    assert back.replace(resume=False, address=None, shared_storage=False) == cfg
 
 
 def test_parser_knows_the_documented_flags():
@@ -195,9 +198,10 @@ def test_resume_if_exists_continues_a_named_sweep_or_starts_it(in_tmp):
             "--resume-if-exists",
             "--address",
             "auto",
+            "--shared-storage",
         ]
     )
-    assert back.resume and back.trials == 7 and back.address == "auto"
+    assert back.resume and back.trials == 7 and back.shared_storage and back.address == "auto"
 
 
 def test_resume_if_exists_needs_a_name(in_tmp, capsys):
