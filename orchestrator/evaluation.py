@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import TRIAL_META_KEYS, SweepConfig, format_target, is_remote_uri
+from orchestrator.killpoints import kill_point
 from orchestrator.pareto import TrialPoint, select_winner
 from orchestrator.searcher import measured
 from orchestrator.storage import read_text, write_text
@@ -181,10 +182,13 @@ def register_winners(
     """
     import sys
 
-    from orchestrator.mlflow_log import input_example, log_winner_model
+    import mlflow
+
+    from orchestrator.mlflow_log import input_example, log_winner_model, uploaded_model
     from trainers.data import DataMissingError
     from trainers.models import load_model
 
+    mlflow.set_tracking_uri(tracker.tracking_uri)
     parent = tracker.parent_run()
     for row in rows:
         if row["status"] != "ok":
@@ -201,16 +205,22 @@ def register_winners(
         except DataMissingError as e:  # the driver may lack the data the workers had
             print(f"[register] {name}: logged without an input example: {e}", file=sys.stderr)
             example = None
-        info = log_winner_model(
-            model,
-            tracking_uri=cfg.tracking_uri,
-            run_id=parent,
-            # logged-model names may not contain '.': acc0.7 -> acc0_7
-            name=f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_"),
-            example=example,
-            registered_model_name=name,
-        )
-        row["model_uri"] = f"models:/{name}/{info.registered_model_version}"
+        # logged-model names may not contain '.': acc0.7 -> acc0_7
+        artifact = f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_")
+        model_id = uploaded_model(tracker.client, tracker.experiment_id, parent, artifact)
+        if model_id is None:  # upload, then register: a kill in between leaves it for the resume
+            info = log_winner_model(
+                model,
+                tracking_uri=tracker.tracking_uri,
+                run_id=parent,
+                name=artifact,
+                example=example,
+                experiment_id=tracker.experiment_id,
+            )
+            model_id = info.model_id
+            kill_point("after-model-upload")
+        version = mlflow.register_model(f"models:/{model_id}", name)
+        row["model_uri"] = f"models:/{name}/{version.version}"
 
 
 def publish_frontier(
@@ -237,6 +247,7 @@ def publish_frontier(
                 row["run_id"],
                 {f"winner_{k}".replace("@", "_at_"): v for k, v in tests[row["trial_id"]].items()},
             )
+    kill_point("before-frontier-files")
     panel = Panel(cfg.dataset, {m: r.points for m, r in results.items()}, rows, cfg.accs)
     parent = tracker.parent_run()
     with tempfile.TemporaryDirectory() as tmp:

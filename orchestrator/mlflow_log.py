@@ -113,6 +113,15 @@ def _param_value(v: Any) -> str:
     return str(v)[:6000]  # MLflow's limit on a param value
 
 
+_CURRENT_URI: dict[str, str] = {}  # sweep name -> the tracking URI this driver process uses
+
+
+def use_tracking_uri(sweep_name: str, uri: str) -> None:
+    """Make every SweepTracker of ``sweep_name`` unpickled in this process (Tuner.restore's
+    callbacks) write to ``uri``, whatever URI it was pickled with."""
+    _CURRENT_URI[sweep_name] = uri
+
+
 class SweepTracker:
     """Get-or-create access to a sweep's parent and child runs in one tracking store."""
 
@@ -127,7 +136,11 @@ class SweepTracker:
         return {"tracking_uri": self.tracking_uri, "dataset": self.dataset, "sweep_name": self.sweep_name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["tracking_uri"], state["dataset"], state["sweep_name"])
+        # Tuner.restore unpickles the callbacks (and this tracker) with the URI of the sweep's
+        # first run; the URI this process was started with (--tracking-uri may change on
+        # resume) wins: see use_tracking_uri.
+        uri = _CURRENT_URI.get(state["sweep_name"], state["tracking_uri"])
+        self.__init__(uri, state["dataset"], state["sweep_name"])
 
     @property
     def client(self):
@@ -309,6 +322,7 @@ def log_winner_model(
     name: str,
     example: Any | None,
     registered_model_name: str | None = None,
+    experiment_id: str | None = None,
 ) -> Any:
     """Log a ``trainers.models`` network on run ``run_id`` (and register it, if a name is given)
     so that ``mlflow.pytorch.load_model(uri)`` returns it where this project is not installed.
@@ -319,7 +333,8 @@ def log_winner_model(
     ``sys.path`` when it loads the model, and it is the code the weights were trained with.
     ``example`` is a real input (see :func:`input_example`); MLflow stores it and infers the
     signature from it (None: neither). Returns MLflow's ``ModelInfo``. Sets the process's
-    tracking URI (MLflow's model logging reads only that one).
+    tracking URI (MLflow's model logging reads only that one) and, given ``experiment_id`` (the
+    run's experiment), the active experiment, where the logged model is recorded.
     """
     import mlflow
     import mlflow.pytorch
@@ -335,6 +350,8 @@ def log_winner_model(
         what = f"{example.dtype} {example.shape}" if isinstance(example, np.ndarray) else type(example)
         raise ValueError(f"example must be float32 [N, C, H, W] in [0, 1], got {what}")
     mlflow.set_tracking_uri(tracking_uri)
+    if experiment_id is not None:  # else the logged model lands in the Default experiment
+        mlflow.set_experiment(experiment_id=experiment_id)
     path = list(sys.path)
     try:
         return mlflow.pytorch.log_model(
@@ -350,3 +367,12 @@ def log_winner_model(
         )
     finally:  # checking the example loads the model here, which puts its temporary code folder on sys.path
         sys.path[:] = path
+
+
+def uploaded_model(client: Any, experiment_id: str, run_id: str, name: str) -> str | None:
+    """The model id of a model named ``name`` already logged on ``run_id`` (a driver killed
+    between upload and registration left it), or None."""
+    found = client.search_logged_models(
+        [experiment_id], filter_string=f"name = '{name}' AND source_run_id = '{run_id}'", max_results=1
+    )
+    return found[0].model_id if found else None

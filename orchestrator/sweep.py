@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.cli import parse_sweep_args
 from orchestrator.config import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri
+from orchestrator.killpoints import kill_point
 from orchestrator.storage import read_text, write_text
 from search_spaces import SearchSpace, SpaceContext, get_space
 from trainers.settings import ConfigError
@@ -187,7 +188,7 @@ def run_sweep(
     import ray
 
     from orchestrator.evaluation import collect_points, publish_frontier
-    from orchestrator.mlflow_log import SweepTracker
+    from orchestrator.mlflow_log import SweepTracker, use_tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
@@ -195,6 +196,7 @@ def run_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if read_text(f"{cfg.sweep_dir}/{SWEEP_FILE}") is None:
         write_text(f"{cfg.sweep_dir}/{SWEEP_FILE}", json.dumps(cfg.to_dict(), indent=2))
+    use_tracking_uri(cfg.name, cfg.tracking_uri)  # also for the callbacks Tuner.restore unpickles
     tracker = SweepTracker(cfg.tracking_uri, cfg.dataset, cfg.name)
     tracker.parent_run(params={k: v for k, v in cfg.to_dict().items() if k != "resume"})
     started = init_ray(cfg)
@@ -210,6 +212,7 @@ def run_sweep(
                 on_fit(method, grid, time.perf_counter() - t0)
             points[method] = collect_points(grid, method)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
+        kill_point("after-trials")
         rows = publish_frontier(cfg, points, tracker)
         status = "FINISHED"
         return rows

@@ -1,6 +1,9 @@
-"""A sweep whose driver is SIGKILLed mid-way completes with --resume: no trial lost or repeated."""
+"""A sweep whose driver is SIGKILLed mid-way completes with --resume: no trial lost or repeated,
+each record once, in the tracking database the resume was told to use."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,8 +79,14 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
+    # the tracking database moves while the driver is down: the resume is told its new URI, and
+    # Tune's restored callbacks must write there, not to the URI they were pickled with
+    moved = tmp_path / "moved.db"
+    shutil.copy(tmp_path / "mlflow.db", moved)
+    stamp = (tmp_path / "mlflow.db").stat().st_mtime_ns
+    uri = f"sqlite:///{moved}"
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", "--resume", "k1"],
+        [sys.executable, "-m", "orchestrator.sweep", "--resume", "k1", "--tracking-uri", uri],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -86,6 +95,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "restoring" in out.stdout
+    assert (tmp_path / "mlflow.db").stat().st_mtime_ns == stamp
 
     c, runs = child_runs(uri)
     recorded = [r for r in runs if r.info.status != "KILLED"]  # KILLED: lost before Ray saved it
@@ -101,3 +111,66 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     (parent,) = c.search_runs([runs[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
     assert parent.info.status == "FINISHED"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"frontier.csv", "frontier.json"}
+
+
+def run_driver(argv, cwd, env, kill_at=None, timeout=400):
+    env = {**env, **({"ACERT_KILL_AT": kill_at} if kill_at else {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_kills_in_the_closing_work_resume_to_one_record_each(tmp_path):
+    """SIGKILL after the trials, after a model upload and before the frontier files, resuming
+    each time, the first resume from a moved tracking database (--tracking-uri changes): the
+    sweep ends with every trial once in the current database, the frontier files logged, and
+    each winner uploaded and registered exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    old_db, new_db = tmp_path / "old.db", tmp_path / "moved.db"
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    argv = ["--dataset", "synthetic", "--accs", "0.3,0.4", "--trials", "3", "--epochs", "3", "--name", "k2",
+            "--synthetic-size", "512", "--val-acr-samples", "50", "--max-concurrent", "2", "--threads", "1",
+            "--scheduler", "none"]  # fmt: skip
+    out = run_driver([*argv, "--tracking-uri", f"sqlite:///{old_db}"], tmp_path, env, "after-trials")
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert "[kill point] after-trials" in out.stderr
+    shutil.copy(old_db, new_db)  # the database moves; the resume is told the new URI
+    stamp = old_db.stat().st_mtime_ns
+    new_uri = f"sqlite:///{new_db}"
+    for kill_at in ("after-model-upload", "before-frontier-files", None):
+        out = run_driver(["--resume", "k2", "--tracking-uri", new_uri], tmp_path, env, kill_at)
+        if kill_at:
+            assert out.returncode == -signal.SIGKILL and f"[kill point] {kill_at}" in out.stderr, out.stderr[
+                -3000:
+            ]
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert old_db.stat().st_mtime_ns == stamp  # nothing went to the old database
+
+    c, runs = child_runs(new_uri)
+    ids = [r.data.tags["ray.trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    exp = runs[0].info.experiment_id
+    (parent,) = c.search_runs([exp], "tags.`sweep.role` = 'parent'")
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {
+        "frontier.csv",
+        "frontier.json",
+        "frontier.html",
+    }
+    rows = [
+        r
+        for r in json.loads((tmp_path / "sweeps" / "k2" / "frontier.json").read_text())
+        if r["status"] == "ok"
+    ]
+    assert rows, "the synthetic targets are low: some must be feasible"
+    for row in rows:
+        versions = c.search_model_versions(f"name='{row['registered_model']}'")
+        assert len(versions) == 1 and versions[0].run_id == parent.info.run_id
+        assert row["model_uri"] == f"models:/{row['registered_model']}/1"
+    logged = MlflowClient(new_uri).search_logged_models([exp])
+    names = [m.name for m in logged]
+    assert len(names) == len(set(names)) == len(rows)  # no second upload of a winner
