@@ -102,6 +102,12 @@ class SweepConfig:
     synthetic_size: int = same_as(TrainConfig, "synthetic_size")
     val_acr_samples: int = same_as(TrainConfig, "val_acr_samples")
     test_samples: int | None = same_as(TrainConfig, "test_samples")
+    optuna_storage: str = setting(
+        "",
+        "Optuna RDB URL for the per-target studies, e.g. postgresql://user@host/db on a cluster (SQLite on "
+        "shared file systems is unreliable with several writers); default: SQLite in the sweep folder, or "
+        "in memory (inside Ray's searcher checkpoint) with remote --storage",
+    )
     register_models: bool = setting(
         True, "register each target's winner in the MLflow model registry", flag="register"
     )
@@ -132,6 +138,12 @@ class SweepConfig:
             raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
         if not _NAME_RE.match(self.name):
             raise bad("--name", self.name, "use letters, digits, '.', '_' and '-' (at most 100)")
+        if self.optuna_storage and not re.match(r"^[a-z][a-z0-9+]*://", self.optuna_storage):
+            raise bad(
+                "--optuna-storage",
+                self.optuna_storage,
+                "expected an RDB URL such as postgresql://user@host/db",
+            )
         if self.address and not self.shared_storage and self.storage and not is_remote_uri(self.storage):
             raise bad(
                 "--storage",

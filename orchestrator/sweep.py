@@ -102,8 +102,11 @@ def space_context(cfg: SweepConfig) -> SpaceContext:
 
 
 def optuna_storage(cfg: SweepConfig) -> str | None:
-    """SQLite next to the Ray experiments when the sweep folder is local; with remote storage
-    the studies stay in memory and travel inside Ray's searcher checkpoint."""
+    """``--optuna-storage`` if given (a database server on a cluster); else SQLite next to the
+    Ray experiments when the sweep folder is local; with remote storage the studies stay in
+    memory and travel inside Ray's searcher checkpoint."""
+    if cfg.optuna_storage:
+        return cfg.optuna_storage
     if is_remote_uri(cfg.storage):
         return None
     Path(cfg.sweep_dir).mkdir(parents=True, exist_ok=True)

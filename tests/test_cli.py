@@ -52,6 +52,10 @@ CASES = [
     (["--dataset", "mnist", "--accs", "nan"], "--accs nan"),
     (["--accs", "0.7"], "--dataset"),
     (["--resume", "nope"], "--resume 'nope': no sweep of that name"),
+    (
+        ["--dataset", "mnist", "--accs", "0.7", "--optuna-storage", "optuna.db"],
+        "--optuna-storage 'optuna.db'",
+    ),
 ]
 
 
