@@ -56,6 +56,11 @@ def build_parser() -> OneLineParser:
         "--resume", metavar="NAME", help="continue the interrupted sweep NAME (its saved settings)"
     )
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of settings (e.g. configs/cifar10.json); flags override it",
+    )
+    p.add_argument(
         "--resume-if-exists",
         action="store_true",
         help="with --name: if a sweep of that name exists in --storage, continue it with its saved "
@@ -105,8 +110,29 @@ def parse_sweep_args(argv: list[str] | None = None) -> SweepConfig:
         raise SweepInputError(str(e)) from None
 
 
+def load_config_file(path: str) -> dict[str, Any]:
+    """A JSON file of SweepConfig fields (configs/*.json): defaults that flags override."""
+    import dataclasses
+
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise bad("--config", path, f"not a readable JSON file ({e})") from None
+    if not isinstance(values, dict):
+        raise bad("--config", path, "expected a JSON object of sweep settings")
+    names = {f.name for f in dataclasses.fields(SweepConfig) if f.metadata.get("cli", True)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise bad("--config", path, f"unknown setting {unknown[0]!r} (settings are the flags, with _ for -)")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def _parse(argv: list[str] | None) -> SweepConfig:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_config_file(pre.config))
+    ns = parser.parse_args(argv)
     storage = ns.storage or default_storage()
     if not is_remote_uri(storage):
         storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())

@@ -251,3 +251,14 @@ def test_a_trial_config_is_made_only_by_sweep_trial(in_tmp):
     assert t.method == "crown-ibp" and t.params.beta_start == 0.75 and t.kappa == 0.2
     with pytest.raises(ConfigError, match="'min_eps' for method 'ibp'"):
         cfg.trial({"method": "ibp", "min_eps": 0.01})
+
+
+def test_config_file_gives_defaults_that_flags_override(in_tmp, capsys):
+    (in_tmp / "preset.json").write_text(json.dumps({"dataset": "synthetic", "accs": [0.6, 0.7], "epochs": 4}))
+    cfg = parse_sweep_args(["--config", "preset.json", "--epochs", "2"])
+    assert (cfg.dataset, cfg.accs, cfg.epochs) == ("synthetic", (0.6, 0.7), 2)
+    (in_tmp / "bad.json").write_text(json.dumps({"dataset": "synthetic", "accs": [0.6], "epoch": 4}))
+    code, err = run_main(["--config", "bad.json"], capsys)
+    assert code == 2 and "unknown setting 'epoch'" in err and err.count("\n") == 1
+    code, err = run_main(["--config", "missing.json"], capsys)
+    assert code == 2 and "--config 'missing.json'" in err
