@@ -373,6 +373,7 @@ class TargetSearcher(Searcher):
         self._handles: dict[int, optuna.Trial] = {}
         self._mirror: list[optuna.Study] | None = None
         self._mirror_has: set[str] = set()  # ray ids the storage record already holds (restore)
+        self._mirror_unsure = False  # a flush failed part-way
         self._n_told = [0] * len(self._targets)  # finished trials per study (TPE's n)
         self._top: list[list[float]] = [[] for _ in self._targets]
         for j, study in enumerate(self._studies):
@@ -407,15 +408,19 @@ class TargetSearcher(Searcher):
         study of its own target; returns how many. Called from :meth:`save`."""
         if self._storage is None or self._flushed == len(self._finished):
             return 0
+        if self._mirror_unsure:  # a write failed half-way: see what the record holds
+            self._close_orphans()
         studies = self._mirror_studies()
         batch: list[list[optuna.trial.FrozenTrial]] = [[] for _ in self._targets]
         for serial in self._finished[self._flushed :]:
             rec = self._records[serial]
             if rec.ray_id not in self._mirror_has:
                 batch[rec.k].append(self._frozen(rec, rec.k))
+        self._mirror_unsure = True
         for study, trials in zip(studies, batch):
             if trials:
                 study.add_trials(trials)
+        self._mirror_unsure = False
         self._flushed = len(self._finished)
         return sum(len(b) for b in batch)
 
@@ -425,6 +430,7 @@ class TargetSearcher(Searcher):
         finished trials it already holds, so that none is written twice."""
         if self._storage is None:
             return
+        self._mirror_unsure = False
         for study in self._mirror_studies():
             for t in study.get_trials(deepcopy=False):
                 if t.state == TrialState.RUNNING:
@@ -435,7 +441,7 @@ class TargetSearcher(Searcher):
     # --- persistence ----------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for live in ("_studies", "_handles", "_mirror", "_mirror_has", "_n_told", "_top"):
+        for live in ("_studies", "_handles", "_mirror", "_mirror_has", "_mirror_unsure", "_n_told", "_top"):
             state.pop(live, None)
         return state
 

@@ -282,6 +282,21 @@ def test_storage_record_is_written_at_checkpoints_once(tmp_path, kind):
     assert optuna.trial.TrialState.RUNNING not in states  # the orphan was closed
 
 
+def test_a_failed_write_to_the_record_is_retried_without_duplicates(tmp_path, monkeypatch):
+    s = make(budget=4, storage=str(tmp_path / "optuna.journal"))
+    cfgs = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}  # two per target
+    for tid, cfg in cfgs.items():
+        finish(s, tid, cfg, 0.9, 0.1)
+    record = s._mirror_studies()
+    monkeypatch.setattr(record[1], "add_trials", lambda trials: (_ for _ in ()).throw(OSError("disk full")))
+    s.save(str(tmp_path / "p.pkl"))  # logged, not raised: the sweep goes on
+    assert len(record[0].trials) == 2 and len(record[1].trials) == 0
+    monkeypatch.undo()
+    s.save(str(tmp_path / "p.pkl"))
+    ids = sorted(t.user_attrs[RAY_ID] for st in s._mirror_studies() for t in st.trials)
+    assert ids == ["t0", "t1", "t2", "t3"]
+
+
 def test_old_checkpoints_are_refused_with_a_reason(tmp_path):
     with open(tmp_path / "old.pkl", "wb") as f:
         pickle.dump({"_studies": [], "_finished": {}}, f)
