@@ -1,7 +1,11 @@
 """Search efficiency on a cheap deterministic stand-in for ACERT training: constrained TPE
-against random search, and cross-target trial sharing against independent per-target studies.
+against random search, cross-target sharing against independent per-target studies and
+against one multi-objective study, at 1, 8 and 64 concurrent trials; and the searcher's cost
+at scale.
 
-    python -m bench.search [--seeds 10] [--budget 60] [--targets 0.65,0.72,0.8]
+    python -m bench.search [--seeds 10] [--budget 100] [--targets 0.65,0.72,0.8] [--concurrency 1,8,64]
+    python -m bench.search --diverging      # a stand-in whose high-lr region diverges
+    python -m bench.search --scale          # 1000 trials, 5 targets, 64 concurrent: latency
 
 The stand-in maps a trial config of the real ACERT search space (``search_spaces``:
 epochs, schedule fractions, ramp shape, max_eps, kappa, kappa_final, regulariser weight,
@@ -11,31 +15,40 @@ robustness pressure (1 - kappa) * max_eps moves a model from accurate to robust,
 For each target accuracy a, "solved" means a trial with val_acc >= a and val_acr >= 95 % of
 the best feasible ACR for a (found once by dense random search plus local refinement).
 
-Compared, over ``--seeds`` seeds, in trials needed per target (median; a study that does
-not solve a target within its budget counts as budget + 1):
-* ``tpe``: the project's ``orchestrator.searcher.TargetSearcher`` with that target alone
-  (Optuna TPE, the accuracy as an Optuna constraint), ``--budget`` trials;
-* ``random``: Optuna's RandomSampler over the same space (``--random-budget`` trials, one
-  stream for all targets: a random trial counts for every target it satisfies);
-* ``shared``: one TargetSearcher over all targets, ``--budget`` trials per target, each
-  target's study warm-started with every trial so far; counted are the trials of that
-  target's own phase until it is solved (0 if earlier phases already solved it).
-The searchers are driven through their Ray ``Searcher`` interface without Ray.
+Compared, over ``--seeds`` seeds, in trials (in the order they finish) until a target is
+solved; a run that does not solve it within its budget counts as budget + 1:
+* ``independent``: one ``orchestrator.searcher.TargetSearcher`` per target with that target
+  alone (Optuna TPE, the accuracy as an Optuna constraint), ``--budget`` trials each; its
+  total is the sum over targets;
+* ``shared``: one TargetSearcher over all targets, K * ``--budget`` trials; its total is the
+  number of trials until every target is solved;
+* ``multi_objective``: one Optuna study maximising (val_acc, val_acr) with TPE, winners picked
+  afterwards per target, K * ``--budget`` trials, total as for shared;
+* ``random``: Optuna's RandomSampler (``--random-budget`` trials, one stream; per target).
+The searchers are driven through their Ray ``Searcher`` interface without Ray: ``--concurrency``
+trials are in flight, each takes a random time (uniform 0.5-1.5), and results are reported in
+the order trials finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
+import os
 import statistics
+import tempfile
+import time
 from typing import Any
 
 import numpy as np
 
 from bench.common import add_common_args, emit, log, machine, setup
+from trainers.metrics import DONE, EPOCH, VAL_ACC, VAL_ACR
 
 MAX_EPOCHS, REF_EPS = 10, 0.1
 SOLVED_FRACTION = 0.95
+DIVERGE_LR = 1.5e-3  # --diverging: trials with a larger learning rate diverge (NaN)
 
 
 def stand_in(config: dict[str, Any]) -> tuple[float, float]:
@@ -58,6 +71,12 @@ def stand_in(config: dict[str, Any]) -> tuple[float, float]:
     acc = 0.90 - 0.32 * (1.0 - math.exp(-1.1 * pressure)) - 0.01 * (1.0 - quality)
     acr = 0.5 * (1.0 - math.exp(-1.4 * pressure)) * quality
     return acc, acr
+
+
+def stand_in_diverging(config: dict[str, Any]) -> tuple[float, float]:
+    """The stand-in, except that a learning rate above DIVERGE_LR diverges (NaN figures).
+    Its quality peaks at lr = 2e-3, inside the region: the best configs left sit at its edge."""
+    return (math.nan, math.nan) if config["lr"] > DIVERGE_LR else stand_in(config)
 
 
 class NumpyTrial:
@@ -105,7 +124,9 @@ def best_feasible(space, ctx, targets: list[float], n: int, seed: int) -> tuple[
                     acr, params = acr2, t.params
             top = max(top, acr)
         best[a] = top
-    hits = {a: sum(acc >= a and acr >= SOLVED_FRACTION * best[a] for (acc, acr), _ in samples) for a in targets}
+    hits = {
+        a: sum(acc >= a and acr >= SOLVED_FRACTION * best[a] for (acc, acr), _ in samples) for a in targets
+    }
     expected = {a: (n / h if h else math.inf) for a, h in hits.items()}
     return best, expected
 
@@ -118,57 +139,391 @@ def first_solved(history: list[tuple[float, float]], target: float, best: float)
     return None
 
 
-def drive(searcher, n: int, prefix: str) -> list[tuple[float, float]]:
-    """Run ``n`` trials of a Ray ``Searcher`` on the stand-in, sequentially: the history."""
-    history = []
-    for i in range(n):
-        tid = f"{prefix}-{i}"
-        config = searcher.suggest(tid)
-        if config is None or not isinstance(config, dict):
-            break
-        acc, acr = stand_in(config)
-        searcher.on_trial_complete(tid, {"val_acc": acc, "val_acr": acr})
+def drive(
+    searcher,
+    n: int,
+    *,
+    concurrency: int = 1,
+    seed: int = 0,
+    objective=stand_in,
+    done=None,
+    timings: dict[str, list[float]] | None = None,
+) -> list[tuple[float, float]]:
+    """Run up to ``n`` trials of a Ray ``Searcher`` on ``objective`` with ``concurrency`` in
+    flight; the (acc, acr) history in finishing order. ``done(history)`` ends the run early;
+    ``timings`` collects the seconds of every suggest / on_trial_complete call."""
+    rng = np.random.default_rng(seed)
+    flight: list[tuple[float, int, str, dict]] = []
+    history: list[tuple[float, float]] = []
+    now, started, exhausted = 0.0, 0, False
+    while True:
+        while not exhausted and started < n and len(flight) < concurrency:
+            tid = f"t{started}"
+            t0 = time.perf_counter()
+            config = searcher.suggest(tid)
+            if timings is not None:
+                timings["suggest"].append(time.perf_counter() - t0)
+            if not isinstance(config, dict):
+                exhausted = True
+                break
+            heapq.heappush(flight, (now + rng.uniform(0.5, 1.5), started, tid, config))
+            started += 1
+        if not flight:
+            return history
+        now, _, tid, config = heapq.heappop(flight)
+        acc, acr = objective(config)
+        t0 = time.perf_counter()
+        searcher.on_trial_complete(tid, {VAL_ACC: acc, VAL_ACR: acr, EPOCH: config["epochs"], DONE: True})
+        if timings is not None:
+            timings["complete"].append(time.perf_counter() - t0)
         history.append((acc, acr))
-    return history
+        if done is not None and done(history):
+            return history
 
 
-def run_seed(seed: int, args, space, ctx, best: dict[float, float]) -> dict[str, dict[float, int]]:
-    import optuna
+class MultiObjectiveSearcher:
+    """The alternative to per-target studies: one Optuna study maximising (val_acc, val_acr)
+    with TPE (constant liar), driven like a Ray Searcher; winners are picked afterwards."""
 
+    def __init__(self, space, ctx, budget: int, seed: int) -> None:
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=4)
+        self.study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+        self.space, self.ctx, self.budget, self.live = space, ctx, budget, {}
+
+    def suggest(self, trial_id: str):
+        if len(self.study.trials) >= self.budget:
+            return None
+        trial = self.study.ask()
+        self.live[trial_id] = trial
+        return self.space(trial, self.ctx)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        acc, acr = result[VAL_ACC], result[VAL_ACR]
+        if error or not (math.isfinite(acc) and math.isfinite(acr)):
+            self.study.tell(self.live.pop(trial_id), state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(self.live.pop(trial_id), [acc, acr])
+
+
+def solved_all(targets, best):
+    return lambda h: all(first_solved(h, a, best[a]) for a in targets)
+
+
+def oracle_searcher(best: dict[float, float]):
+    """TargetSearcher that gives every trial to a target not solved yet (fewest trials given
+    first): the perfect stopping that the independent studies' sum assumes, for the shared
+    search. A benchmark device only: a real search does not know when a target is solved."""
     from orchestrator.searcher import TargetSearcher
 
-    cap = args.budget + 1
-    out: dict[str, dict[float, int]] = {"tpe": {}, "random": {}, "shared": {}}
+    class Oracle(TargetSearcher):
+        def _choose_target(self) -> int:
+            done = [(b or 0.0) >= SOLVED_FRACTION * best[a] for a, b in zip(self.targets, self._best)]
+            return min((done[k], self._given[k], self._in_flight[k], k) for k in range(len(done)))[-1]
+
+    return Oracle
+
+
+def run_seed(
+    seed: int, args, space, ctx, best: dict[float, float], concurrency: int
+) -> dict[str, dict[float, int]]:
+    from orchestrator.searcher import TargetSearcher
+
+    k, cap = len(args.targets), args.budget + 1
+    out: dict[str, dict[float, int]] = {"independent": {}}
     for a in args.targets:  # independent constrained studies, one per target
-        s = TargetSearcher(space, ctx, (a,), args.budget, study_prefix=f"tpe-{seed}-{a}", seed=seed)
-        out["tpe"][a] = first_solved(drive(s, args.budget, f"t{a}"), a, best[a]) or cap
+        s = TargetSearcher(space, ctx, (a,), args.budget, study_prefix=f"i{seed}-{a}", seed=seed)
+        h = drive(s, args.budget, concurrency=concurrency, seed=seed, done=solved_all([a], best))
+        out["independent"][a] = first_solved(h, a, best[a]) or cap
+    targets, n = tuple(args.targets), k * args.budget
+    runs = {
+        "shared": TargetSearcher(space, ctx, targets, n, study_prefix=f"s{seed}", seed=seed),
+        "shared_oracle": oracle_searcher(best)(space, ctx, targets, n, study_prefix=f"o{seed}", seed=seed),
+        "multi_objective": MultiObjectiveSearcher(space, ctx, n, seed),
+    }
+    for mode, searcher in runs.items():
+        h = drive(searcher, n, concurrency=concurrency, seed=seed, done=solved_all(args.targets, best))
+        out[mode] = {a: first_solved(h, a, best[a]) or n + 1 for a in args.targets}
+    return out
+
+
+def random_trials(seed: int, args, space, ctx, best) -> dict[float, int]:
+    import optuna
+
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction="maximize")
     history = []
     for _ in range(args.random_budget):
         trial = study.ask()
         history.append(stand_in(space(trial, ctx)))
         study.tell(trial, history[-1][1])
-    for a in args.targets:
-        out["random"][a] = first_solved(history, a, best[a]) or args.random_budget + 1
-    shared = TargetSearcher(space, ctx, tuple(args.targets), args.budget * len(args.targets),
-                            study_prefix=f"shared-{seed}", seed=seed)
-    history = drive(shared, args.budget * len(args.targets), "s")
-    for k, a in enumerate(sorted(args.targets)):
-        start = k * args.budget  # the budget is split evenly, phase k = target k
-        solved = first_solved(history[: start + args.budget], a, best[a])
-        out["shared"][a] = cap if solved is None else max(0, solved - start)
+    return {a: first_solved(history, a, best[a]) or args.random_budget + 1 for a in args.targets}
+
+
+def totals(r: dict[str, dict[float, int]], targets: list[float]) -> dict[str, int]:
+    """Trials until every target is solved, per way of searching (one seed's results ``r``).
+
+    ``independent``: the sum over targets (each study stopped the moment it solves its target:
+    perfect stopping); ``independent_side_by_side``: the K studies run in turn, one trial each,
+    until every target is solved (no stopping knowledge); the single-stream searches: the trial
+    at which the last target was solved.
+    """
+    k = len(targets)
+    ind = [r["independent"][a] for a in targets]
+    out = {
+        "independent": sum(ind),
+        "independent_side_by_side": max(k * (t - 1) + i + 1 for i, t in enumerate(ind)),
+    }
+    out |= {m: max(v.values()) for m, v in r.items() if m not in ("independent", "random")}
+    if "random" in r:
+        out["random"] = sum(r["random"][a] for a in targets)
     return out
 
 
-def summarise(per_seed: list[dict[str, dict[float, int]]], targets: list[float]) -> dict[str, Any]:
-    med = {mode: {f"{a:g}": statistics.median(r[mode][a] for r in per_seed) for a in targets}
-           for mode in ("tpe", "random", "shared")}
-    total = {mode: sum(v.values()) for mode, v in med.items()}
-    return {
+def summarise(
+    per_seed: list[dict[str, dict[float, int]]], targets: list[float], budget: int
+) -> dict[str, Any]:
+    """Medians over seeds, per target and in total, the ratios of the totals, and how often
+    each target was solved within the budget (K * budget for the single-stream searches)."""
+    k = len(targets)
+    modes = list(per_seed[0])
+    med = {m: {f"{a:g}": statistics.median(r[m][a] for r in per_seed) for a in targets} for m in modes}
+    tot = [totals(r, targets) for r in per_seed]
+    med_total = {m: statistics.median(t[m] for t in tot) for m in tot[0]}
+    solved = {
+        m: {
+            f"{a:g}": sum(r[m][a] <= (budget if m == "independent" else k * budget) for r in per_seed)
+            / len(per_seed)
+            for a in targets
+        }
+        for m in modes
+        if m != "random"
+    }
+    out = {
         "median_trials": med,
-        "median_trials_total": total,
-        "tpe_vs_random_ratio": total["tpe"] / total["random"],
-        "shared_vs_independent_ratio": total["shared"] / total["tpe"],
+        "median_trials_total": med_total,
+        "solved_fraction": solved,
+        # perfect stopping on both sides (the definition of the earlier figure, 1.61)
+        "shared_vs_independent_ratio": med_total["shared_oracle"] / med_total["independent"],
+        # no stopping knowledge on either side
+        "shared_vs_independent_side_by_side_ratio": med_total["shared"]
+        / med_total["independent_side_by_side"],
+        "multi_objective_vs_independent_side_by_side_ratio": (
+            med_total["multi_objective"] / med_total["independent_side_by_side"]
+        ),
+    }
+    if "random" in med:
+        out["tpe_vs_random_ratio"] = sum(med["independent"].values()) / sum(med["random"].values())
+    return out
+
+
+def efficiency(args, space, ctx, best) -> dict[str, Any]:
+    randoms = [random_trials(args.seed + s, args, space, ctx, best) for s in range(args.seeds)]
+    by_conc = {}
+    for c in args.concurrency:
+        per_seed = []
+        for s in range(args.seeds):
+            per_seed.append(run_seed(args.seed + s, args, space, ctx, best, c))
+            log(f"search: concurrency {c}, seed {s}: {per_seed[-1]}")
+        for r, rnd in zip(per_seed, randoms):
+            r["random"] = rnd
+        by_conc[str(c)] = summarise(per_seed, args.targets, args.budget)
+        log(f"search: concurrency {c}: {by_conc[str(c)]}")
+    return by_conc
+
+
+def variant_searcher(name: str):
+    """TargetSearcher with one rule changed, to measure the rules the design chose against:
+    ``least_recent_improvement`` (allocation: after the targets without a feasible trial, the
+    one whose best improved least recently, in finished trials), ``share_all_feasible`` (every
+    trial copied where feasible or nearly, good group or not), ``share_everything`` (every
+    measured trial copied everywhere: the warm start of the previous design)."""
+    from orchestrator.searcher import CANCELLED, COMPLETE, FAILED, PRUNED, TargetSearcher
+
+    class Variant(TargetSearcher):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            before = list(self._best)
+            super().on_trial_complete(trial_id, result, error)
+            clock = getattr(self, "_clock", 0) + 1
+            self._clock, at = clock, getattr(self, "_improved_at", [0] * len(self.targets))
+            self._improved_at = [clock if b != o else t for b, o, t in zip(self._best, before, at)]
+
+        def _choose_target(self):
+            if name != "least_recent_improvement":
+                return super()._choose_target()
+            at = getattr(self, "_improved_at", [0] * len(self.targets))
+            keys = [
+                (b is not None, at[k] if b is not None else 0, self._in_flight[k], self._given[k], k)
+                for k, b in enumerate(self._best)
+            ]
+            return min(keys)[-1]
+
+        def _shared_with(self, rec, j):
+            if name == "share_all_feasible":
+                ok = rec.outcome in (COMPLETE, PRUNED) and rec.acc >= self.targets[j] - self._margin
+                return rec.outcome == FAILED or ok
+            if name == "share_everything":
+                return rec.outcome != CANCELLED
+            return super()._shared_with(rec, j)
+
+    return Variant
+
+
+VARIANTS = ("least_recent_improvement", "share_all_feasible", "share_everything")
+
+
+def variants(args, space, ctx, best, concurrency: int) -> dict[str, Any]:
+    """The shared search with each of VARIANTS, same seeds: trials until every target is solved."""
+    k, out = len(args.targets), {}
+    for name in VARIANTS:
+        per_seed = []
+        for s in range(args.seeds):
+            seed = args.seed + s
+            searcher = variant_searcher(name)(
+                space, ctx, tuple(args.targets), k * args.budget, study_prefix=f"v{seed}", seed=seed
+            )
+            h = drive(
+                searcher,
+                k * args.budget,
+                concurrency=concurrency,
+                seed=seed,
+                done=solved_all(args.targets, best),
+            )
+            per_seed.append({a: first_solved(h, a, best[a]) or k * args.budget + 1 for a in args.targets})
+            log(f"search: variant {name}, seed {s}: {per_seed[-1]}")
+        totals_ = [max(r.values()) for r in per_seed]
+        out[name] = {
+            "median_trials": {f"{a:g}": statistics.median(r[a] for r in per_seed) for a in args.targets},
+            "median_trials_total": statistics.median(totals_),
+            "unsolved_seeds": sum(t > k * args.budget for t in totals_),
+            "per_seed_total": totals_,
+        }
+    return out
+
+
+def edge_space(trial, ctx) -> dict[str, Any]:
+    """Two knobs for the edge stand-in: a learning rate and a tradeoff knob."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+        "kappa": trial.suggest_float("kappa", 0.0, 1.0),
+        "epochs": 4,
+    }
+
+
+def edge_objective(config: dict[str, Any]) -> tuple[float, float]:
+    """The larger the learning rate the better, until it diverges above DIVERGE_LR: the best
+    configs sit at the edge of divergence, as learning rates often do."""
+    if config["lr"] > DIVERGE_LR:
+        return math.nan, math.nan
+    return 0.9 - 0.3 * (1.0 - config["kappa"]), (1.0 - config["kappa"]) * math.log10(config["lr"] / 1e-4)
+
+
+def diverging(args, space, ctx, n: int, concurrency: int) -> dict[str, Any]:
+    """Share of the trials after the first quarter that diverge, when a diverged trial is told
+    as the worst trial (the searcher) or as FAIL (ignored by TPE: the previous design), on
+    two stand-ins: ``edge`` (two knobs, best configs at the edge of the region) and ``acert``
+    (the ACERT space, learning rates above DIVERGE_LR diverging)."""
+    import optuna
+
+    from orchestrator.searcher import FAILED, TargetSearcher
+
+    class FailTold(TargetSearcher):
+        def _tell(self, rec, trial):
+            if rec.outcome != FAILED:
+                return super()._tell(rec, trial)
+            self._studies[rec.k].tell(trial, state=optuna.trial.TrialState.FAIL)
+
+        def _shared_with(self, rec, j):
+            return rec.outcome != FAILED and super()._shared_with(rec, j)
+
+    cases = {
+        "edge": (edge_space, (0.7,), edge_objective, math.log(1e-1 / DIVERGE_LR) / math.log(1e3)),
+        "acert": (
+            space,
+            tuple(args.targets),
+            stand_in_diverging,
+            math.log(1e-2 / DIVERGE_LR) / math.log(1e2),
+        ),
+    }
+    out: dict[str, Any] = {"trials": n, "concurrency": concurrency, "diverge_lr": DIVERGE_LR}
+    for case, (sp, targets, objective, prior) in cases.items():
+        out[case] = {"prior_share": prior}
+        for name, cls in (("worst", TargetSearcher), ("fail", FailTold)):
+            shares = []
+            for s in range(args.seeds):
+                searcher = cls(sp, ctx, targets, n, study_prefix=f"d{s}", seed=args.seed + s)
+                h = drive(searcher, n, concurrency=concurrency, seed=args.seed + s, objective=objective)
+                tail = h[len(h) // 4 :]
+                shares.append(sum(math.isnan(acc) for acc, _ in tail) / max(1, len(tail)))
+            out[case][name] = {"median_diverged_share": statistics.median(shares), "per_seed": shares}
+            log(f"search: diverging {case}, told as {name}: {out[case][name]}")
+    return out
+
+
+def scale(
+    args, space, ctx, n: int, targets: list[float], concurrency: int, save_every: int
+) -> dict[str, Any]:
+    """The real searcher with its storage record (``--scale-storage``: an Optuna journal file
+    or SQLite): latency of every call, checkpoint size, time of the saves Ray would make."""
+    from orchestrator.searcher import TargetSearcher
+
+    with tempfile.TemporaryDirectory() as d:
+        storage = f"{d}/optuna.journal" if args.scale_storage == "journal" else f"sqlite:///{d}/optuna.db"
+        searcher = TargetSearcher(
+            space, ctx, tuple(targets), n, study_prefix="scale", storage=storage, seed=args.seed
+        )
+        timings: dict[str, list[float]] = {"suggest": [], "complete": [], "save": []}
+        ckpt = os.path.join(d, "searcher.pkl")
+
+        def checkpoint(history):  # Ray saves the searcher at its experiment checkpoints
+            if len(history) % save_every == 0:
+                t0 = time.perf_counter()
+                searcher.save(ckpt)
+                timings["save"].append(time.perf_counter() - t0)
+            return False
+
+        t0 = time.perf_counter()
+        drive(searcher, n, concurrency=concurrency, seed=args.seed, done=checkpoint, timings=timings)
+        checkpoint([0] * save_every)
+        wall = time.perf_counter() - t0
+        size = os.path.getsize(ckpt)
+        t1 = time.perf_counter()
+        restored = TargetSearcher.__new__(TargetSearcher)
+        restored.restore(ckpt)
+        restore_s = time.perf_counter() - t1
+    ms = {k: np.array(v) * 1000 for k, v in timings.items()}
+    return {
+        "trials": n,
+        "targets": targets,
+        "concurrency": concurrency,
+        "storage": args.scale_storage,
+        "save_every_trials": save_every,
+        "suggest_ms": {
+            "median": float(np.median(ms["suggest"])),
+            "p99": float(np.percentile(ms["suggest"], 99)),
+            "max": float(ms["suggest"].max()),
+        },
+        "suggest_ms_last_100": {
+            "median": float(np.median(ms["suggest"][-100:])),
+            "p99": float(np.percentile(ms["suggest"][-100:], 99)),
+        },
+        "complete_ms": {
+            "median": float(np.median(ms["complete"])),
+            "p99": float(np.percentile(ms["complete"], 99)),
+        },
+        "save_ms": {
+            "median": float(np.median(ms["save"])),
+            "max": float(ms["save"].max()),
+            "count": len(ms["save"]),
+        },
+        "checkpoint_bytes": size,
+        "restore_s": restore_s,
+        "searcher_total_s": float(sum(v.sum() for v in ms.values()) / 1000),
+        "wall_s": wall,
+        "study_sizes": [len(s.trials) for s in searcher.studies],
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -179,11 +534,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=100, help="TPE trials per target")
     p.add_argument("--random-budget", type=int, default=2000)
     p.add_argument("--targets", default="0.65,0.72,0.8")
+    p.add_argument("--concurrency", default="1,8,64", help="trials in flight, comma-separated")
     p.add_argument("--reference-samples", type=int, default=50000)
+    p.add_argument("--diverging", action="store_true", help="only the diverging-region experiment")
+    p.add_argument("--scale", action="store_true", help="only the latency measurement at scale")
+    p.add_argument("--variants", action="store_true", help="only the shared search with rules changed")
+    p.add_argument("--scale-trials", type=int, default=1000)
+    p.add_argument("--scale-targets", default="0.62,0.67,0.72,0.76,0.8")
+    p.add_argument("--scale-concurrency", type=int, default=64)
+    p.add_argument("--scale-storage", default="journal", choices=["journal", "sqlite"])
+    p.add_argument("--scale-save-every", type=int, default=10, help="finished trials between searcher saves")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.budget, args.random_budget, args.targets, args.reference_samples = 2, 8, 40, "0.7,0.8", 2000
+        args.seeds, args.budget, args.random_budget, args.targets, args.reference_samples = (
+            2,
+            8,
+            40,
+            "0.7,0.8",
+            2000,
+        )
+        args.concurrency, args.scale_trials, args.scale_targets, args.scale_concurrency = (
+            "1,4",
+            30,
+            "0.7,0.8",
+            4,
+        )
     args.targets = sorted(float(t) for t in args.targets.split(","))
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
     device = setup(args)
     import optuna
 
@@ -191,23 +568,68 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space, ctx = get_space("acert"), SpaceContext(max_epochs=MAX_EPOCHS, ref_eps=REF_EPS)
+    head = {"benchmark": "search", "machine": machine(device), "seeds": args.seeds, "seed": args.seed}
+    scale_targets = sorted(float(t) for t in args.scale_targets.split(","))
+    if args.scale:
+        emit(
+            {
+                **head,
+                "scale": scale(
+                    args,
+                    space,
+                    ctx,
+                    args.scale_trials,
+                    scale_targets,
+                    args.scale_concurrency,
+                    save_every=args.scale_save_every,
+                ),
+            }
+        )
+        return 0
+    if args.diverging:
+        emit(
+            {
+                **head,
+                "targets": args.targets,
+                "diverging": diverging(
+                    args, space, ctx, len(args.targets) * args.budget, args.concurrency[0]
+                ),
+            }
+        )
+        return 0
     best, expected = best_feasible(space, ctx, args.targets, args.reference_samples, args.seed)
     log(f"search: best feasible stand-in ACR per target {best}")
-    per_seed = []
-    for s in range(args.seeds):
-        per_seed.append(run_seed(args.seed + s, args, space, ctx, best))
-        log(f"search: seed {s}: {per_seed[-1]}")
-    result = summarise(per_seed, args.targets)
-    # the same comparison against random search's exact expectation (mean of a geometric law:
-    # its median is ln 2 times that), which has no sampling noise
-    result["tpe_vs_random_expected_ratio"] = result["median_trials_total"]["tpe"] / sum(expected.values())
-    caps = {"tpe": args.budget + 1, "shared": args.budget + 1, "random": args.random_budget + 1}
-    result["unsolved_runs"] = {m: sum(r[m][a] >= cap for r in per_seed for a in args.targets) for m, cap in caps.items()}
-    emit({"benchmark": "search", "machine": machine(device), "seeds": args.seeds, "budget_per_target": args.budget,
-          "random_budget": args.random_budget, "targets": args.targets,
-          "best_feasible_acr_norm": {f"{a:g}": v for a, v in best.items()},
-          "random_expected_trials": {f"{a:g}": v for a, v in expected.items()},
-          "goal": {"tpe_vs_random_ratio": 0.5}, **result})
+    if args.variants:
+        emit(
+            {
+                **head,
+                "targets": args.targets,
+                "budget_per_target": args.budget,
+                "variants": variants(args, space, ctx, best, args.concurrency[0]),
+            }
+        )
+        return 0
+    by_conc = efficiency(args, space, ctx, best)
+    first = by_conc[str(args.concurrency[0])]
+    result = {
+        **head,
+        "budget_per_target": args.budget,
+        "random_budget": args.random_budget,
+        "targets": args.targets,
+        "best_feasible_acr_norm": {f"{a:g}": v for a, v in best.items()},
+        "random_expected_trials": {f"{a:g}": v for a, v in expected.items()},
+        "goal": {"tpe_vs_random_ratio": 0.5, "shared_vs_independent_ratio": 0.7, "solved_fraction": 0.95},
+        # the headline figures at the first concurrency, then every concurrency
+        "concurrency_of_headline": args.concurrency[0],
+        **{k: first[k] for k in ("median_trials", "tpe_vs_random_ratio", "shared_vs_independent_ratio")},
+        "by_concurrency": by_conc,
+    }
+    if args.quick:  # exercise the other two modes at toy sizes
+        result["diverging"] = diverging(args, space, ctx, 16, 2)
+        result["scale"] = scale(
+            args, space, ctx, args.scale_trials, scale_targets, args.scale_concurrency, 10
+        )
+    emit(result)
     return 0
 
 
