@@ -117,16 +117,17 @@ class WarmRadius:
     pass and no root solve. The loss's own pass then gives, for free, the clean margin
     g(0) and the bound g(eps_i) of every sample, and r_i moves to the secant root
     eps_i * g(0) / (g(0) - g(eps_i)): downwards (interpolation) where eps_i was not certified,
-    upwards (extrapolation, at most ``MAX_GROWTH`` times eps_i) where it was. Samples without an
-    estimate (first seen, or misclassified last time and correct now) get the exact solve, on
-    that sub-batch only. A misclassified sample has radius 0: its bound is replaced by its clean
+    upwards (extrapolation, capped at max_eps only: the cap eps_max(t) grows fast during the
+    ramp, and an estimate that overshoots is brought down by the next pass) where it was.
+    Samples seen for the first time (the first epoch of the ramp) are solved exactly before the
+    step, as the exact solver does; samples misclassified last time and correct now are solved
+    exactly after it, on that sub-batch only. A misclassified sample has radius 0: its bound is replaced by its clean
     margins (the IBP bound at eps = 0), as the exact solver's eps_i = 0 gives.
 
     These radii are training targets, not certificates: certification always solves exactly.
     """
 
     needs_clean = False
-    MAX_GROWTH = 1.5
 
     def __init__(self, params: ACERTParams, max_eps: float, bound_factory=ibp_margins_fn) -> None:
         self.params, self.max_eps, self.bound_factory = params, max_eps, bound_factory
@@ -145,7 +146,15 @@ class WarmRadius:
     def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
         if idx is None:  # no sample identities: nothing to carry over, solve exactly
             return self._exact(model, x, y, eps_t, clean=clean, regularising=regularising)
-        eps = torch.nan_to_num(self._estimates(idx, x), nan=0.0).clamp(0.0, eps_t)
+        r = self._estimates(idx, x)
+        first = torch.isnan(r)
+        if bool(first.any()):  # first sight (the first ramp epoch): solve exactly, as ACERT does
+            with torch.no_grad():
+                logits, ctx = clean_pass(model, x, update_stats=False)
+                solved = self._exact(model, x, y, eps_t, clean=(logits, ctx))
+            r = torch.where(first, solved, r)
+            self.r_est[idx] = r
+        eps = r.clamp(0.0, eps_t)
         if self.params.min_eps > 0 and regularising:
             eps = eps.clamp(min=min(self.params.min_eps, eps_t))
         return eps
@@ -159,9 +168,7 @@ class WarmRadius:
         new = torch.zeros_like(g0)  # misclassified: radius 0
         known = correct & (eps > 0)
         drop = (g0 - ge).clamp(min=torch.finfo(g0.dtype).tiny)
-        secant = eps * g0 / drop
-        grown = torch.minimum(secant, eps * self.MAX_GROWTH)
-        new = torch.where(known, torch.where(ge > 0, grown, secant), new)
+        new = torch.where(known, eps * g0 / drop, new)
         cold = (correct & ~known).nonzero().squeeze(1)
         if cold.numel():  # no estimate to start from: the exact solve, on these samples only
             sub = BoundContext(affines=dict(ctx.affines))
