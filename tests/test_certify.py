@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.test_bounds import pgd_min_margin, true_margins
-from trainers.certify import SAFETY_REL, certified_radii, main, summarize
+from trainers.certify import SAFETY_REL, certified_radii, evaluate, main, summarize
 from trainers.models import Normalize, build_model, save_checkpoint
 
 
@@ -19,25 +19,36 @@ def linear_net(d=16, k=4, seed=0):
     return nn.Sequential(Normalize((0.5,), (0.2,)), nn.Flatten(), nn.Linear(d, k)).eval()
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "best"])
-def test_linear_classifier_radius_matches_closed_form(method):
-    """radius = min_j (margin_j - safety) / ||w_y - w_j||_1 (in pixel units: W / std)."""
-    net = linear_net()
-    x = torch.rand(64, 1, 4, 4) * 0.4 + 0.3  # inside the domain: the box is not clipped
-    with torch.no_grad():
-        logits = net(x)
-    y = logits.argmax(1)
-    y[:4] = (y[:4] + 1) % 4  # misclassified samples get radius 0
-    radii, preds = certified_radii(net, x, y, eps_cap=0.3, method=method, rel_tol=1e-3)
+@torch.no_grad()
+def closed_form_radii(net, x, y, eps_cap):
+    """The exact certified radius of a linear classifier (0 if misclassified), capped at eps_cap:
+    min_j (margin_j - safety) / ||w_y - w_j||_1 (in pixel units: W / std)."""
+    logits = net(x)
     w = net[2].weight / 0.2  # pixel-space weights
     thr = SAFETY_REL * (1 + logits.abs().amax(1))
-    expected = torch.full((64,), float("inf"))
-    for j in range(4):
+    expected = torch.full((x.shape[0],), float("inf"))
+    for j in range(logits.shape[1]):
         m = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
         dist = (w[y] - w[j]).abs().sum(1)
         cand = torch.where(y == j, torch.full_like(m, float("inf")), (m - thr) / dist)
         expected = torch.minimum(expected, cand)
-    expected = torch.where(preds == y, expected.clamp(0, 0.3), torch.zeros_like(expected))
+    return torch.where(logits.argmax(1) == y, expected.clamp(0, eps_cap), torch.zeros_like(expected))
+
+
+def linear_batch(net, n=64, wrong=4):
+    x = torch.rand(n, 1, 4, 4) * 0.4 + 0.3  # inside the domain: the box is not clipped
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 4  # misclassified samples get radius 0
+    return x, y
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "best"])
+def test_linear_classifier_radius_matches_closed_form(method):
+    net = linear_net()
+    x, y = linear_batch(net)
+    radii, preds = certified_radii(net, x, y, eps_cap=0.3, method=method, rel_tol=1e-3)
+    expected = closed_form_radii(net, x, y, 0.3)
     assert (radii[:4] == 0).all()
     assert (radii <= expected * (1 + 1e-5) + 1e-7).all()
     assert (radii >= expected * (1 - 1e-3) - 1e-7).all()
@@ -63,14 +74,37 @@ def test_no_pgd_attack_succeeds_below_the_certified_radius():
 
 
 def test_summary_acr_and_certified_accuracy():
-    radii = torch.tensor([0.0, 0.1, 0.2, 0.4])
+    radii = torch.tensor([0.3, 0.1, 0.2, 0.4])  # the first is misclassified: it counts as 0
     preds = torch.tensor([1, 0, 0, 0])
     y = torch.tensor([0, 0, 0, 0])
     s = summarize(radii, preds, y, (0.1, 0.3), max_eps=0.4)
     assert s["clean_acc"] == 0.75
-    assert s["acr"] == pytest.approx(0.7 / 4)
-    assert s["acr_norm"] == pytest.approx(0.7 / 4 / 0.4)
+    assert s["acr"] == pytest.approx(0.7 / 4) and s["acr_uncapped"] == pytest.approx(0.7 / 4)
+    assert s["acr_norm"] == pytest.approx(100 * 0.7 / 4 / 0.4)  # in %
     assert s["cert_acc"] == {"0.1": 0.75, "0.3": 0.25}
+    # radii above max_eps count as max_eps in the ACR, not in the uncapped figure
+    s = summarize(radii, preds, y, (0.1,), max_eps=0.15)
+    assert s["acr"] == pytest.approx((0.1 + 0.15 + 0.15) / 4)
+    assert s["acr_uncapped"] == pytest.approx(0.7 / 4)
+    assert s["acr_norm"] == pytest.approx(100 * 0.4 / 4 / 0.15)
+    assert summarize(radii, preds, y, (), max_eps=1e-9)["acr_norm"] == pytest.approx(75.0)  # at most 100
+    s = summarize(radii, preds, y, (), max_eps=None)  # nothing to cap at
+    assert s["acr"] == s["acr_uncapped"] and "acr_norm" not in s
+
+
+def test_capped_and_uncapped_acr_match_closed_form():
+    """A linear classifier's exact radii: ACR = mean min(r, max_eps), uncapped ACR = mean r."""
+    net = linear_net()
+    x, y = linear_batch(net, n=128)
+    exact = closed_form_radii(net, x, y, eps_cap=0.3).double()
+    max_eps = float(exact[exact > 0].median())  # half the certified samples lie above the cap
+    res = evaluate(net, x, y, eps_cap=0.3, cert_eps=(max_eps / 2,), max_eps=max_eps, rel_tol=1e-4)
+    capped = exact.clamp(max=max_eps).mean().item()
+    assert res["acr"] == pytest.approx(capped, rel=2e-4)
+    assert res["acr_uncapped"] == pytest.approx(exact.mean().item(), rel=2e-4)
+    assert res["acr_uncapped"] > res["acr"] * 1.05  # the cap matters here
+    assert res["acr_norm"] == pytest.approx(100 * capped / max_eps, rel=2e-4)
+    assert res["max_eps"] == max_eps and res["eps_cap"] == 0.3
 
 
 def test_certify_cli_writes_radii_and_summary(tmp_path, capsys):
@@ -106,9 +140,11 @@ def test_certify_cli_writes_radii_and_summary(tmp_path, capsys):
     rows = (out / "radii.csv").read_text().splitlines()
     assert rows[0] == "index,label,prediction,certified_radius" and len(rows) == 21
     summary = json.loads((out / "summary.json").read_text())
-    assert {"clean_acc", "acr", "cert_acc", "method", "rel_tol"} <= summary.keys()
+    assert {"clean_acc", "acr", "acr_norm", "acr_uncapped", "cert_acc", "method", "rel_tol"} <= summary.keys()
     radii = [float(r.split(",")[3]) for r in rows[1:]]
-    assert summary["acr"] == pytest.approx(sum(radii) / 20, rel=1e-6)
+    assert summary["acr_uncapped"] == pytest.approx(sum(radii) / 20, rel=1e-6)
+    max_eps = summary["max_eps"]  # the data set's
+    assert summary["acr"] == pytest.approx(sum(min(r, max_eps) for r in radii) / 20, rel=1e-6)
 
 
 def test_certify_cli_bad_input_exits_2(tmp_path, capsys):

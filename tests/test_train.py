@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from trainers.certify import certified_radii
 from trainers.config import ConfigError, TrainConfig
-from trainers.methods import TRAINING_METHODS
+from trainers.methods import TRAINING_METHODS, build_method
 from trainers.methods.acert import adaptive_radii
 from trainers.models import build_model, load_model
-from trainers.train import DivergedError, main, run_training
+from trainers.train import (
+    DivergedError,
+    build_optimizer,
+    l1_norm,
+    main,
+    parse_train_args,
+    run_training,
+    train_step,
+)
 
 QUICK = {
     "dataset": "synthetic",
@@ -173,3 +183,64 @@ def test_cli_bad_input_exits_2_and_runs(tmp_path, capsys):
     )
     assert rc == 0 and "final:" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_one_cycle_schedule_is_the_papers():
+    """Linear, three phases (PAPER.md; the authors' configs): lr/25 -> lr over the first 30 % of
+    the steps, back to lr/25 by 60 %, then to lr/25/100 at the end."""
+    lr = 2e-3
+    net = torch.nn.Linear(2, 2)
+    opt, sched = build_optimizer(net, TrainConfig(lr=lr), 99)  # 99 updates
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(99):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(lr / 25)  # start
+    assert max(lrs) == pytest.approx(lr) and lrs.index(max(lrs)) == 29  # peak
+    assert lrs[58] == pytest.approx(lr / 25)  # end of the second phase
+    assert lrs[-1] == pytest.approx(lr / 2500)  # end
+    steps = [b - a for a, b in zip(lrs[:29], lrs[1:30])]
+    assert steps == pytest.approx([steps[0]] * 29)  # linear, not cosine
+
+
+def test_a_run_ends_at_the_final_learning_rate(tmp_path):
+    cfg = TrainConfig(method="ibp", **QUICK)
+    seen = []
+    run_training(cfg, output_dir=tmp_path, on_epoch=lambda m, out: seen.append(m["lr"]), log=quiet)
+    assert all(v > 0 for v in seen)
+    assert seen[-1] == pytest.approx(cfg.lr / 2500)
+
+
+def test_l1_weight_decay_adds_lambda_sign_w_to_the_gradient():
+    """l1 * sum |w| over conv and linear weights only (the paper's code): with SGD at lr 1 the
+    update differs from the plain one by exactly l1 * sign(w) on those weights, 0 elsewhere."""
+    torch.manual_seed(0)
+    net = build_model("cnn_tiny", input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.3,))
+    w = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert l1_norm(net).item() == pytest.approx(sum(float(p.detach().abs().sum()) for p in w), rel=1e-6)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    method = build_method(TrainConfig(method="standard"), steps_per_epoch=1)
+    lam = 1e-2
+    after, losses = [], []
+    for l1 in (0.0, lam):
+        model = copy.deepcopy(net)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        _, loss = train_step(model, method, opt, None, x, y, 0, grad_clip=0.0, l1=l1)
+        after.append(dict(model.named_parameters()))
+        losses.append(loss)
+    assert losses[1] - losses[0] == pytest.approx(lam * l1_norm(net).item(), rel=1e-4)
+    penalised = {n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    for name, p in net.named_parameters():
+        diff = (after[0][name] - after[1][name]).detach()
+        owner, kind = name.rsplit(".", 1)
+        want = lam * p.detach().sign() if owner in penalised and kind == "weight" else torch.zeros_like(p)
+        torch.testing.assert_close(diff, want, rtol=1e-4, atol=1e-6)
+
+
+def test_l1_setting_is_checked_and_has_a_flag(tmp_path):
+    with pytest.raises(ConfigError, match="l1=-0.1"):
+        TrainConfig(l1=-0.1)
+    cfg, _ = parse_train_args(["--l1", "1e-4", "--output-dir", str(tmp_path)])
+    assert cfg.l1 == 1e-4 and TrainConfig().l1 == 0.0
+    assert TrainConfig.from_dict(cfg.to_dict()).l1 == 1e-4

@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = setting(128, "training batch size")
     lr: float = setting(1e-3, "peak learning rate of Adam's one-cycle schedule")
     weight_decay: float = setting(0.0, "Adam's (L2) weight decay")
+    l1: float = setting(0.0, "L1 weight decay: adds l1 * sum |w| of conv and linear weights to the loss")
     grad_clip: float = setting(10.0, "gradient-norm clipping (0 disables)")
     # Radius growth (every certified method): `std_epochs` of standard training, then eps_max(t)
     # ramps to `max_eps` over `ramp_epochs` (Shi et al. 2021: a smooth polynomial start, then linear).
@@ -113,7 +114,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "val_acr_samples", "synthetic_size"):
             if getattr(self, name) < 1:
                 raise bad(name, getattr(self, name), "must be >= 1")
-        for name in ("std_epochs", "ramp_epochs", "weight_decay", "grad_clip", "reg_weight"):
+        for name in ("std_epochs", "ramp_epochs", "weight_decay", "l1", "grad_clip", "reg_weight"):
             if getattr(self, name) < 0:
                 raise bad(name, getattr(self, name), "must be >= 0")
         if not self.lr > 0:

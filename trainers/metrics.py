@@ -13,13 +13,19 @@ EPOCH = "epoch"  # epochs completed (Tune's time attribute for early stopping)
 DONE = "done"  # True on the result of the last epoch: a trial without it was stopped early
 
 ACC = "acc"  # clean accuracy
-ACR = "acr"  # average certified radius (0 for misclassified samples)
-ACR_NORM = "acr_norm"  # ACR / the data set's max_eps
+# ACR as published (PAPER.md, the authors' evaluation): each radius counted up to the data set's
+# max_eps, mean(min(r_i, max_eps)), 0 for misclassified samples. Sound: a certificate at r holds
+# for every smaller box, which is nested in the checked one. Selection and the frontier use it.
+ACR = "acr"
+ACR_NORM = "acr_norm"  # ACR in % of the data set's max_eps (at most 100)
+# The ACR over the radii as certified, up to the data set's eps_cap (a second, named figure).
+ACR_UNCAPPED = "acr_uncapped"
 CERT_ACC = "cert_acc"  # certified accuracy at a radius: cert_acc@<eps>
 
 VAL_ACC, VAL_ACR = "val_acc", "val_acr"
 TEST_ACC, TEST_ACR = "test_acc", "test_acr"
 TEST_ACR_NORM = "test_acr_norm"
+VAL_ACR_UNCAPPED, TEST_ACR_UNCAPPED = "val_acr_uncapped", "test_acr_uncapped"
 
 
 def eps_key(eps: float) -> str:

@@ -19,7 +19,7 @@ register_dataset(
         (0.1307,),
         (0.3081,),
         loader=mnist_like("MNIST", "mnist"),
-        default_model="cnn_small",
+        default_model="cnn7",  # CNN7 with BatchNorm, as published (Shi et al. 2021; PAPER.md)
         max_eps=0.4,
         eps_cap=0.5,
         cert_eps=(0.1, 0.3),

@@ -1,0 +1,69 @@
+"""Every preset under configs/ is a valid sweep at the published scale (PAPER.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from orchestrator.config import SweepConfig
+from search_spaces import SpaceContext, get_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = sorted(CONFIGS.glob("*"))
+PER_RUN = {"name", "storage", "tracking_uri", "resume", "address", "optuna_storage"}  # where, not what
+# PAPER.md, published settings: epochs per data set; CNN7 with BatchNorm everywhere.
+PUBLISHED_EPOCHS = {"mnist": 100, "cifar10": 200, "tinyimagenet": 200}
+
+
+def load(path: Path) -> dict:
+    values = json.loads(path.read_text())
+    assert isinstance(values, dict), f"{path.name}: a JSON object of SweepConfig fields"
+    return values
+
+
+def build(path: Path, tmp_path: Path) -> SweepConfig:
+    extra = {
+        "name": path.stem,
+        "storage": str(tmp_path / "sweeps"),
+        "tracking_uri": f"sqlite:///{tmp_path}/m.db",
+    }
+    return SweepConfig.from_dict({**load(path), **extra})
+
+
+def test_there_is_a_preset_per_paper_data_set():
+    assert {p.stem for p in PRESETS} >= set(PUBLISHED_EPOCHS)
+    assert all(p.suffix == ".json" for p in PRESETS), "configs/ holds only JSON presets"
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_every_preset_is_a_valid_sweep_config(path, tmp_path):
+    values = load(path)
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    assert set(values) <= fields, f"not SweepConfig fields: {sorted(set(values) - fields)}"
+    assert not set(values) & PER_RUN, "a preset says what runs, not where: no name, storage or URIs"
+    cfg = build(path, tmp_path)
+    assert cfg.dataset == path.stem and cfg.model == "cnn7"
+    assert cfg.epochs == PUBLISHED_EPOCHS[cfg.dataset]
+    assert cfg.trials >= 2 * len(cfg.accs)  # room for the search beyond one trial per target
+    assert cfg.grace_epochs <= cfg.epochs
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_every_method_of_a_preset_makes_valid_trials(path, tmp_path):
+    """The search spaces at the preset's epochs and radius give trial configs that validate."""
+    cfg = build(path, tmp_path)
+    ctx = SpaceContext(max_epochs=cfg.epochs, ref_eps=float(cfg.spec.max_eps))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for method in cfg.methods:
+        for _ in range(5):
+            trial = study.ask()
+            train = cfg.trial(get_space(method)(trial, ctx))
+            assert train.method == method and train.model_name == "cnn7" and train.epochs <= cfg.epochs
+            assert train.dataset == cfg.dataset
+            study.tell(trial, 0.0)
