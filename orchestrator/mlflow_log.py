@@ -22,6 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import SEARCH_PHASE, TARGET
+from trainers import metrics as M
+
 TAG_SWEEP = "sweep.name"
 TAG_ROLE = "sweep.role"  # parent | trial
 TAG_TRIAL = "ray.trial_id"
@@ -42,10 +45,10 @@ _NOT_METRICS = {
     "pid",
     "iterations_since_restore",
     "time_since_restore",
-    "done",
-    "target",
-    "search_phase",
-    "epoch",
+    M.DONE,
+    TARGET,
+    SEARCH_PHASE,
+    M.EPOCH,
     "should_checkpoint",
     "checkpoint_dir_name",
 }
