@@ -60,20 +60,12 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
     import torch
 
     from trainers.certify import evaluate
-    from trainers.data import load_splits
     from trainers.models import load_model, pick_device
 
     with checkpoint.as_directory() as d:
         model, meta = load_model(Path(d) / "model.pt")
     torch.set_num_threads(train.threads or torch.get_num_threads())
-    splits = load_splits(
-        train.dataset,
-        data_dir=train.data_dir,
-        download=train.download,
-        val_fraction=train.val_fraction,
-        seed=train.seed,
-        synthetic_size=train.synthetic_size,
-    )
+    splits = train.load_splits(train_subset=None)  # the whole test split, whatever the training subset
     n = train.test_samples or splits.x_test.shape[0]
     spec, dev = splits.spec, pick_device(device)
     res = evaluate(
@@ -91,6 +83,7 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
         M.TEST_ACC: res["clean_acc"],
         M.TEST_ACR: res[M.ACR],
         M.TEST_ACR_NORM: res[M.ACR_NORM],
+        M.TEST_ACR_UNCAPPED: res[M.ACR_UNCAPPED],
         "test_n": float(n),
         M.EPOCH: float(meta.get("epoch", 0)),
     }

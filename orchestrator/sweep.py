@@ -58,17 +58,10 @@ def check_data(cfg: SweepConfig) -> None:
     """Load (and with download allowed, fetch) the data once in the driver, so trials never
     race to download it and a missing data set is a clear error, not N failed trials."""
 
-    from trainers.data import DataMissingError, load_splits
+    from trainers.data import DataMissingError
 
     try:
-        load_splits(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            download=cfg.download,
-            seed=cfg.seed,
-            train_subset=cfg.train_subset,
-            synthetic_size=cfg.synthetic_size,
-        )
+        cfg.trial({}).load_splits(download=cfg.download)
     except DataMissingError as e:
         raise SweepInputError(f"invalid --data-dir {cfg.data_dir!r}: {e}".splitlines()[0]) from None
 

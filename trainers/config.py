@@ -156,6 +156,15 @@ class TrainConfig:
     def model_name(self) -> str:
         return self.model or self.spec.default_model
 
+    def load_splits(self, **overrides: Any):
+        """The run's data: train / validation / test splits as this config says (see
+        :func:`trainers.data.load_splits`); ``overrides`` change single arguments."""
+        from trainers.data import load_splits
+
+        args = dict(data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction, seed=self.seed,
+                    train_subset=self.train_subset, synthetic_size=self.synthetic_size)  # fmt: skip
+        return load_splits(self.dataset, **{**args, **overrides})
+
     # --- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Flat: the common fields and the method's params side by side (MLflow params, checkpoints)."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from trainers import metrics as M
 from trainers.certify import evaluate
 from trainers.config import TrainConfig
-from trainers.data import Splits, iterate_batches, load_splits
+from trainers.data import Splits, iterate_batches
 from trainers.methods import TRAINING_METHODS, StepOutput, TrainingMethod, build_method
 from trainers.models import build_model, ibp_init, pick_device, save_checkpoint
 from trainers.settings import OneLineParser, add_fields
@@ -150,6 +150,7 @@ def validate(
         M.split_key(split, M.ACC): correct / max(1, x.shape[0]),
         M.split_key(split, M.ACR): res[M.ACR],
         M.split_key(split, M.ACR_NORM): res[M.ACR_NORM],
+        M.split_key(split, M.ACR_UNCAPPED): res[M.ACR_UNCAPPED],
     }
     out.update({M.cert_acc_key(e, split): v for e, v in res[M.CERT_ACC].items()})
     return out
@@ -170,15 +171,7 @@ def run_training(
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        train_subset=cfg.train_subset,
-        synthetic_size=cfg.synthetic_size,
-    )
+    splits = cfg.load_splits()
     model = build(cfg, splits, device)
     steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
     method = build_method(cfg, steps_per_epoch)
@@ -287,10 +280,10 @@ def format_metrics(m: dict[str, Any]) -> str:
         "train_acc",
         "mean_radius",
         "eps_max",
-        "val_acc",
-        "val_acr",
-        "test_acc",
-        "test_acr",
+        M.VAL_ACC,
+        M.VAL_ACR,
+        M.TEST_ACC,
+        M.TEST_ACR,
         "epoch_time_s",
     )
     return "  ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys if k in m)
