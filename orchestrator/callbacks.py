@@ -67,9 +67,17 @@ class MlflowTrialCallback(Callback):
                 run_id, status="FAILED", reason="no finite val_acc/val_acr reported", targets=[]
             )
             return
-        stopped = not trial.last_result.get(M.DONE, False)
+        stopped = self._stopped_early(trial)
         self.tracker.client.set_tag(run_id, "stopped_early", str(stopped).lower())
         self.tracker.end_trial(run_id, status="FINISHED", targets=satisfied_targets(m[0], self.targets))
+
+    def _stopped_early(self, trial: Any) -> bool:
+        """Ray marks a stopped trial's last result ``done`` too: compare epochs instead."""
+        try:
+            planned = self.sweep.trial(dict(trial.config)).epochs
+        except ConfigError:
+            return False
+        return int(trial.last_result.get(M.EPOCH, planned)) < planned
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self.tracker.end_trial(self._run(trial), status="FAILED", reason=failure_reason(trial), targets=[])

@@ -29,7 +29,8 @@ from orchestrator.storage import read_text, write_text
 from search_spaces import SearchSpace, SpaceContext, get_space
 from trainers.settings import ConfigError
 
-# A killed driver loses at most this many seconds of Tune's experiment state (default ~10 s).
+# A killed driver loses at most this many seconds of Tune's experiment state (Ray's adaptive
+# default is ~10 s or more). Cheap since the searcher pickles a compact log, not its studies.
 CHECKPOINT_PERIOD_S = "2"
 
 
@@ -132,7 +133,11 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
     scheduler = None
     if cfg.scheduler == "asha":
         scheduler = PenalisedASHA(
-            max_epochs=cfg.epochs, grace_epochs=cfg.grace_epochs, ref_eps=ctx.ref_eps, penalty=cfg.penalty
+            max_epochs=cfg.epochs,
+            grace_epochs=cfg.grace_epochs,
+            ref_eps=ctx.ref_eps,
+            penalty=cfg.penalty,
+            targets=cfg.accs,
         )
     return tune.Tuner(
         trainable,
