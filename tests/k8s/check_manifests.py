@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .kubectl import KubectlNotFound, render
 from .manifest_policy import policy_violations
-from .manifest_schema import DEFAULT_CRD_DIR, schema_violations
+from .manifest_schema import CRD_DIRS, schema_violations
+from .operations_policy import operations_violations
 from .ray_policy import dockerfile_violations, pinned_versions, ray_violations
 from .sweep_policy import sweep_violations
 
@@ -25,11 +26,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def all_violations(
-    objects: list[dict], *, crd_dir: Path | None, pins: dict[str, str], single_node: bool = False
+    objects: list[dict],
+    *,
+    crd_dirs: list[Path] | None,
+    pins: dict[str, str],
+    single_node: bool = False,
 ) -> list[tuple[str, str]]:
+    """Every problem of the rendered ``objects``; the ray.io objects are validated against the
+    CRDs of every folder in ``crd_dirs`` (each supported KubeRay release)."""
     return (
-        schema_violations(objects, crd_dir)
+        schema_violations(objects, crd_dirs)
         + policy_violations(objects)
+        + operations_violations(objects, single_node=single_node)
         + ray_violations(objects, ray_version=pins["ray"], single_node=single_node)
         + sweep_violations(objects)
     )
@@ -40,8 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.k8s.check_manifests", description=__doc__.splitlines()[0]
     )
     p.add_argument("overlay", help="a folder with a kustomization.yaml")
-    p.add_argument("--single-node", action="store_true", help="allow ReadWriteOnce shared volumes (kind)")
-    p.add_argument("--crd-dir", type=Path, default=DEFAULT_CRD_DIR)
+    p.add_argument(
+        "--single-node",
+        action="store_true",
+        help="one node (kind): allow ReadWriteOnce shared volumes, check that every pod fits the node",
+    )
+    p.add_argument(
+        "--crd-dir",
+        type=Path,
+        action="append",
+        help="a folder of KubeRay CRDs (repeatable; default: every release in tests/fixtures/kuberay-crds)",
+    )
     args = p.parse_args(argv)
     try:
         objects = render(args.overlay)
@@ -49,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     pins = pinned_versions(REPO / "pyproject.toml")
-    problems = all_violations(objects, crd_dir=args.crd_dir, pins=pins, single_node=args.single_node)
+    crd_dirs = args.crd_dir or list(CRD_DIRS.values())
+    problems = all_violations(objects, crd_dirs=crd_dirs, pins=pins, single_node=args.single_node)
     problems += dockerfile_violations(REPO / "k8s" / "Dockerfile", pins)
     for rule, message in problems:
         print(f"{rule}: {message}")

@@ -1,7 +1,9 @@
 """Offline schema validation of rendered manifests.
 
-- ray.io objects: ``jsonschema`` against the ``openAPIV3Schema`` of the KubeRay CRDs (by default
-  the ones vendored in ``tests/fixtures/kuberay-crds``, KubeRay 1.7.0). The schemas are made *strict* first: an object schema that lists
+- ray.io objects: ``jsonschema`` against the ``openAPIV3Schema`` of the KubeRay CRDs vendored in
+  ``tests/fixtures/kuberay-crds/vX.Y.Z/``: every release there (``CRD_DIRS``: the oldest one the
+  manifests support, 1.6.2, and the newest, 1.7.0), since a field unknown to the oldest would
+  make the API server of a cluster running it reject the object. The schemas are made *strict* first: an object schema that lists
   ``properties`` and neither ``additionalProperties`` nor ``x-kubernetes-preserve-unknown-fields``
   rejects unknown fields, as the API server does under ``kubectl apply``'s default
   ``--validate=strict``. Without it a typo such as ``enableInTreeAutoScaling`` would pass.
@@ -18,6 +20,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,23 @@ import jsonschema
 import yaml
 
 KUBERNETES_VERSION = "1.33.0"  # the API the manifests must validate against (kubernetes-validate bundles it)
-DEFAULT_CRD_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kuberay-crds"
+CRD_ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "kuberay-crds"
+
+
+def _release(folder: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in folder.name[1:].split("."))
+
+
+# {'v1.6.2': folder, 'v1.7.0': folder}, oldest first: one folder per vendored KubeRay release.
+CRD_DIRS = {
+    d.name: d
+    for d in sorted(
+        (d for d in CRD_ROOT.iterdir() if d.is_dir() and re.fullmatch(r"v\d+\.\d+\.\d+", d.name)),
+        key=_release,
+    )
+}
+MIN_KUBERAY, LATEST_KUBERAY = next(iter(CRD_DIRS)), next(reversed(CRD_DIRS))
+DEFAULT_CRD_DIR = CRD_DIRS[LATEST_KUBERAY]
 
 Violation = tuple[str, str]
 
@@ -119,15 +139,22 @@ def embedded_pod_templates(obj: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def schema_violations(objects: list[dict], crd_dir: str | Path | None = DEFAULT_CRD_DIR) -> list[Violation]:
-    """Schema problems of every rendered object (empty when all validate). With ``crd_dir=None``
-    the ray.io objects themselves are not checked, only the pod templates inside them."""
-    validators = crd_validators(str(crd_dir)) if crd_dir is not None else None
+def schema_violations(
+    objects: list[dict], crd_dir: str | Path | Sequence[str | Path] | None = DEFAULT_CRD_DIR
+) -> list[Violation]:
+    """Schema problems of every rendered object (empty when all validate). ``crd_dir`` is one
+    folder of CRDs or several (then each ray.io object must validate against every one, and a
+    message names the folder, e.g. ``[v1.6.2]``). With ``crd_dir=None`` the ray.io objects
+    themselves are not checked, only the pod templates inside them."""
+    dirs = [] if crd_dir is None else [crd_dir] if isinstance(crd_dir, str | Path) else list(crd_dir)
+    tagged = len(dirs) > 1
+    validators = [(Path(d).name, crd_validators(str(d))) for d in dirs]
     out: list[Violation] = []
     for obj in objects:
         where = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
         if str(obj.get("apiVersion", "")).startswith("ray.io/"):
-            out += _crd_errors(obj, validators) if validators is not None else []
+            for release, by_kind in validators:
+                out += [(rule, f"[{release}] {m}" if tagged else m) for rule, m in _crd_errors(obj, by_kind)]
             for template_where, template in embedded_pod_templates(obj):
                 wrapped = {
                     "apiVersion": "v1",

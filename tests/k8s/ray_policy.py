@@ -9,7 +9,9 @@
   restartPolicy Never (or unset) under autoscaler v2 (an operator rule);
 - ``rayjob-lifecycle``: a RayJob that creates its cluster shuts it down, has a TTL, a deadline and
   retries; one with a clusterSelector names a RayCluster of the manifests and sets none of those
-  (KubeRay rejects backoffLimit and a TTL there);
+  (KubeRay rejects backoffLimit and a TTL there); every RayJob has a preRunningDeadlineSeconds
+  below its activeDeadlineSeconds (both count per attempt), so an attempt whose head never runs
+  the job fails and is retried instead of waiting out the whole deadline;
 - ``shared-storage``: a claim mounted by pods of several Ray groups is ReadWriteMany (unless the
   overlay is single-node);
 - ``dockerfile``: FROM the official rayproject/ray GPU image of the pinned ray, pinned torch /
@@ -192,8 +194,18 @@ def check_rayjob_lifecycle(objects: list[dict]) -> list[Violation]:
             out.append(
                 ("rayjob-lifecycle", f"{where}: set exactly one of rayClusterSpec and clusterSelector")
             )
-        if not (isinstance(spec.get("activeDeadlineSeconds"), int) and spec["activeDeadlineSeconds"] > 0):
+        active = spec.get("activeDeadlineSeconds")
+        if not (isinstance(active, int) and active > 0):
             out.append(("rayjob-lifecycle", f"{where}: activeDeadlineSeconds must be a positive integer"))
+        pre = spec.get("preRunningDeadlineSeconds")
+        if not (isinstance(pre, int) and 0 < pre < (active if isinstance(active, int) else pre + 1)):
+            out.append(
+                (
+                    "rayjob-lifecycle",
+                    f"{where}: preRunningDeadlineSeconds {pre!r} must be a positive integer below "
+                    f"activeDeadlineSeconds (a head that never runs the job fails the attempt early)",
+                )
+            )
         if spec.get("runtimeEnvYAML") is not None and not isinstance(
             yaml.safe_load(spec["runtimeEnvYAML"]), dict
         ):

@@ -4,12 +4,21 @@
   the project's own parser (orchestrator.cli), joining the cluster (--address auto), under a fixed
   --name (what a restarted job resumes), logging to an MLflow Service of the manifests, with
   --storage and --data-dir on volume claims of every Ray pod and, with --no-download, a prefetch
-  init container on the head for the same dataset;
+  init container on the head for the same dataset; the Optuna studies in a PostgreSQL database
+  of the manifests (--optuna-storage postgresql+psycopg2://<Service>:<port>/<db>: SQLite on a
+  shared volume is unreliable with several writers), not MLflow's database (both keep an
+  ``alembic_version`` table), created by an init step (``create-databases``), with no credentials
+  in the URL: the head's Ray container gets PGUSER / PGPASSWORD from a Secret;
 - ``trial-fit``: one trial (--cpus-per-trial, --gpus-per-trial) fits a worker group, a GPU group
   tolerates the nvidia.com/gpu taint, and --device agrees with the GPU request;
 - ``mlflow-server``: ``mlflow server`` arguments parse with mlflow's own CLI; a PostgreSQL backend
   whose credentials are $(VAR)s from secretKeyRef env, --host 0.0.0.0, proxied artifacts on a claim
-  or a bucket, and --allowed-hosts naming its Service (else in-cluster requests get 403).
+  or a bucket, and --allowed-hosts naming its Service (else in-cluster requests get 403); an init
+  container runs ``mlflow db upgrade`` on the same database first (the server refuses an old
+  schema), and a startupProbe covers a slow start.
+
+Database URLs name their driver, ``postgresql+psycopg2://``: SQLAlchemy 2.1 reads a bare
+``postgresql://`` as psycopg 3, which the image does not install (it has psycopg2-binary).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from .manifest_policy import Violation, name_of, pod_templates, quantity_or_none
 from .ray_policy import claim_mounts, is_mounted, namespace_of, ray_container, ray_groups
 
 SWEEP_PREFIX = ["python", "-m", "orchestrator.sweep"]
+DB_SCHEME = "postgresql+psycopg2"  # the driver k8s/Dockerfile installs (psycopg2-binary)
 
 
 def sweep_argv(entrypoint: str) -> list[str] | None:
@@ -81,10 +91,13 @@ def _service_port_ok(url: str, objects: list[dict], ns: str | None) -> bool:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
-    host = parts.hostname.split(".")
+    return _is_service(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), objects, ns)
+
+
+def _is_service(hostname: str, port: int, objects: list[dict], ns: str | None) -> bool:
+    host = hostname.split(".")
     if len(host) > 1 and host[1] != ns:
         return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     return any(
         o.get("kind") == "Service"
         and o["metadata"]["name"] == host[0]
@@ -118,6 +131,7 @@ def check_sweep_entrypoint(objects: list[dict]) -> list[Violation]:
             problems += _storage_problems(ns, cluster)
         elif cluster is not None:  # a missing cluster is a rayjob-lifecycle problem
             problems += _storage_problems(ns, cluster) + _data_problems(ns, cluster)
+            problems += _optuna_problems(ns, cluster, objects, namespace_of(job))
             out += [("trial-fit", f"{where}: {p}") for p in _fit_problems(ns, cluster)]
         out += [("sweep-entrypoint", f"{where}: {p}") for p in problems]
     return out
@@ -159,6 +173,70 @@ def _data_problems(ns, cluster: dict) -> list[str]:
             problems.append(
                 f"--no-download needs a head init container with args [{ns.dataset}, {ns.data_dir}] "
                 "writing to the data volume (prefetch)"
+            )
+    return problems
+
+
+def _argv(c: dict) -> list[str]:
+    return [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+
+
+def _mlflow_databases(objects: list[dict]) -> set[str]:
+    """The databases of the --backend-store-uri of every ``mlflow server`` in the manifests."""
+    out = set()
+    for obj in objects:
+        for _, template in pod_templates(obj):
+            for c in (template.get("spec") or {}).get("containers") or []:
+                args = mlflow_server_args(c) or []
+                for flag, value in zip(args, args[1:]):
+                    if flag == "--backend-store-uri":
+                        out.add(urlsplit(value).path.lstrip("/"))
+    return out
+
+
+def _created_databases(objects: list[dict]) -> set[str]:
+    """The databases that the ``create-databases`` init steps create (their args after the first)."""
+    return {
+        str(a)
+        for obj in objects
+        for _, template in pod_templates(obj)
+        for c in (template.get("spec") or {}).get("initContainers") or []
+        if c.get("name") == "create-databases"
+        for a in (c.get("args") or [])[1:]
+    }
+
+
+def _optuna_problems(ns, cluster: dict, objects: list[dict], namespace: str | None) -> list[str]:
+    url = getattr(ns, "optuna_storage", "") or ""
+    if not url:
+        return ["--optuna-storage is required: its default, SQLite in the shared sweep folder, is unreliable "
+                "with several writers; use postgresql+psycopg2://postgres:5432/optuna"]  # fmt: skip
+    parts = urlsplit(url)
+    if parts.scheme != DB_SCHEME:
+        return [
+            f"--optuna-storage {url!r}: use {DB_SCHEME}://<Service>:<port>/<database> (the image's driver)"
+        ]
+    problems = []
+    if not parts.hostname or not _is_service(parts.hostname, parts.port or 5432, objects, namespace):
+        problems.append(f"--optuna-storage {url!r}: the host is no Service (and port) of these manifests")
+    if parts.username or parts.password:
+        problems.append(
+            f"--optuna-storage {url!r}: no credentials in the URL; the head's PGUSER/PGPASSWORD give them"
+        )
+    database = parts.path.lstrip("/")
+    if database in _mlflow_databases(objects):
+        problems.append(
+            f"--optuna-storage database {database!r} is MLflow's (both keep an alembic_version table)"
+        )
+    elif database not in _created_databases(objects):
+        problems.append(
+            f"--optuna-storage database {database!r} is not created by a create-databases init step"
+        )
+    env = {e.get("name"): e for e in ray_container(ray_groups(cluster)[0][2]).get("env") or []}
+    for var in ("PGUSER", "PGPASSWORD"):
+        if "secretKeyRef" not in ((env.get(var) or {}).get("valueFrom") or {}):
+            problems.append(
+                f"the head's Ray container needs {var} from a Secret (secretKeyRef) for --optuna-storage"
             )
     return problems
 
@@ -224,9 +302,18 @@ def _check_one_mlflow(
 
 def _mlflow_problems(params: dict, c: dict, template: dict, obj: dict, objects: list[dict]) -> list[str]:
     problems = []
-    uri = urlsplit(params.get("backend_store_uri") or "")
+    raw_uri = params.get("backend_store_uri") or ""
+    uri = urlsplit(raw_uri)
     if not uri.scheme.startswith("postgresql"):
-        problems.append(f"--backend-store-uri {uri.scheme or 'default'}: a shared server needs postgresql://")
+        problems.append(
+            f"--backend-store-uri {uri.scheme or 'default'}: a shared server needs {DB_SCHEME}://"
+        )
+    elif uri.scheme != DB_SCHEME:
+        problems.append(f"--backend-store-uri {uri.scheme}://: name the image's driver, {DB_SCHEME}://")
+    if [raw_uri] not in _db_upgrades(template):
+        problems.append("no init container runs `mlflow db upgrade` on its --backend-store-uri first")
+    if not c.get("startupProbe"):
+        problems.append("no startupProbe: a slow start would be restarted by the liveness probe")
     env = {e.get("name"): e for e in c.get("env") or []}
     for part in (uri.username, uri.password):
         ref = re.fullmatch(r"\$\((\w+)\)", part or "")
@@ -258,6 +345,17 @@ def _mlflow_problems(params: dict, c: dict, template: dict, obj: dict, objects: 
                 if f"{host}:*" not in allowed:
                     problems.append(f"--allowed-hosts lacks {host}:* (requests to it would get 403)")
     return problems
+
+
+def _db_upgrades(template: dict) -> list[list[str]]:
+    """The arguments after ``mlflow db upgrade`` of every init container that runs it."""
+    out = []
+    for c in (template.get("spec") or {}).get("initContainers") or []:
+        argv = _argv(c)
+        for i in range(len(argv) - 2):
+            if argv[i].endswith("mlflow") and argv[i + 1 : i + 3] == ["db", "upgrade"]:
+                out.append(argv[i + 3 :])
+    return out
 
 
 def sweep_violations(objects: list[dict]) -> list[Violation]:

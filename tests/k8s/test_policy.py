@@ -2,9 +2,9 @@
 
 Every overlay (rendered by ``kubectl kustomize``, see kubectl.py) must pass every check
 (``python -m tests.k8s.check_manifests`` runs the same ones on any folder); every rule must reject
-the broken manifests of tests/fixtures/k8s/ for that rule alone. Schemas: the KubeRay 1.7.0 CRDs
-vendored in tests/fixtures/kuberay-crds and kubernetes-validate's bundled Kubernetes schemas
-(manifest_schema.KUBERNETES_VERSION).
+the broken manifests of tests/fixtures/k8s/ for that rule alone. Schemas: the CRDs of every KubeRay
+release vendored in tests/fixtures/kuberay-crds (1.6.2, the oldest supported, and 1.7.0) and
+kubernetes-validate's bundled Kubernetes schemas (manifest_schema.KUBERNETES_VERSION).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 from . import json_patch
 from . import manifest_policy as mp
 from . import manifest_schema as ms
+from . import operations_policy as op
 from . import ray_policy as rp
 from . import sweep_policy as sp
 from .check_manifests import all_violations, main
@@ -31,7 +32,7 @@ from .kubectl import render, require_kubectl
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 FIXTURES = REPO / "tests" / "fixtures" / "k8s"
-CRD_DIR = ms.DEFAULT_CRD_DIR  # tests/fixtures/kuberay-crds
+CRD_DIRS = list(ms.CRD_DIRS.values())  # tests/fixtures/kuberay-crds/v*: every supported release
 
 OVERLAYS = {"gpu": False, "gpu-long-lived": False, "cpu-dev": True}  # overlay -> single node
 PINS = rp.pinned_versions(REPO / "pyproject.toml")
@@ -58,26 +59,33 @@ def test_core_objects_and_pod_templates_validate_with_kubernetes_validate(overla
     assert ms.schema_violations(objects_of(overlay), crd_dir=None) == []
 
 
-def test_the_vendored_crds_are_kuberay_1_7():
-    validators = ms.crd_validators(str(CRD_DIR))
-    assert {("ray.io/v1", k) for k in ("RayCluster", "RayJob", "RayService")} <= set(validators)
-    assert "v1.7.0" in (CRD_DIR / "README.md").read_text()
+def test_the_vendored_crds_are_kuberay_1_6_and_1_7():
+    assert list(ms.CRD_DIRS) == ["v1.6.2", "v1.7.0"]
+    assert ms.DEFAULT_CRD_DIR == ms.CRD_DIRS["v1.7.0"]
+    readme = (ms.CRD_ROOT / "README.md").read_text()
+    for release, folder in ms.CRD_DIRS.items():
+        validators = ms.crd_validators(str(folder))
+        assert {("ray.io/v1", k) for k in ("RayCluster", "RayJob")} <= set(validators), release
+        assert all(f"{release}/{f.name}" in readme for f in folder.glob("*.yaml")), release
 
 
+@pytest.mark.parametrize("release", ms.CRD_DIRS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_ray_objects_validate_against_the_kuberay_crds(overlay):
+def test_ray_objects_validate_against_every_supported_kuberay(overlay, release):
     objects = objects_of(overlay)
+    crds = ms.CRD_DIRS[release]
     ray_objects = [o for o in objects if o["apiVersion"] == "ray.io/v1"]
     assert ray_objects and all(
-        (o["apiVersion"], o["kind"]) in ms.crd_validators(str(CRD_DIR)) for o in ray_objects
+        (o["apiVersion"], o["kind"]) in ms.crd_validators(str(crds)) for o in ray_objects
     )
-    assert ms.schema_violations(objects, CRD_DIR) == []
+    assert ms.schema_violations(objects, crds) == []
 
 
 @pytest.mark.parametrize("overlay, single_node", OVERLAYS.items())
 def test_every_overlay_passes_the_policy(overlay, single_node):
     objects = objects_of(overlay)
     assert mp.policy_violations(objects) == []
+    assert op.operations_violations(objects, single_node=single_node) == []
     assert rp.ray_violations(objects, ray_version=PINS["ray"], single_node=single_node) == []
     assert sp.sweep_violations(objects) == []
 
@@ -250,6 +258,8 @@ CASES = [
 
 def break_overlay(case: dict) -> list[dict]:
     objects = objects_of(case["overlay"])
+    for target in case.get("remove") or []:
+        objects.remove(find(objects, **target))
     for patch in case.get("patches") or []:
         json_patch.apply_json6902(find(objects, **patch["target"]), patch["ops"], case["id"])
     for sub in case.get("substitutions") or []:
@@ -334,6 +344,10 @@ def test_every_rule_has_a_broken_fixture():
         "trial-fit",
         "shared-storage",
         "mlflow-server",
+        "scheduling",
+        "disruption",
+        "network-policy",
+        "single-node-fit",
     }
     assert len({c["id"] for c in CASES}) == len(CASES)
 
@@ -341,7 +355,7 @@ def test_every_rule_has_a_broken_fixture():
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_broken_manifest_is_rejected_for_its_rule_alone(case):
     objects = break_overlay(case)
-    problems = all_violations(objects, crd_dir=CRD_DIR, pins=PINS, single_node=OVERLAYS[case["overlay"]])
+    problems = all_violations(objects, crd_dirs=CRD_DIRS, pins=PINS, single_node=OVERLAYS[case["overlay"]])
     assert {rule for rule, _ in problems} == {case["rule"]}, problems
 
 

@@ -20,6 +20,7 @@ from .kubectl import require_kubectl
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ["gpu", "gpu-long-lived", "cpu-dev"]
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}  # kustomize's namespace: leaves these alone
 
 
 @cache
@@ -136,7 +137,9 @@ def test_every_overlay_renders_and_the_default_entry_point_is_the_gpu_overlay():
     assert kustomize(K8S, require_kubectl()) == rendered["gpu"]
     for overlay, objects in rendered.items():
         assert objects, overlay
-        assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"acert"}
+        namespaced = [o for o in objects if o["kind"] not in CLUSTER_SCOPED]
+        assert {o["metadata"].get("namespace") for o in namespaced} == {"acert"}, overlay
+        assert all("namespace" not in o["metadata"] for o in objects if o["kind"] in CLUSTER_SCOPED), overlay
 
 
 def test_k8s_holds_only_manifests_the_dockerfile_and_the_readme():
@@ -210,7 +213,7 @@ def _inline_programs(overlay: str) -> dict[str, tuple[str, list[str]]]:
 
 def test_inline_programs_are_valid_python():
     programs = {**_inline_programs("gpu"), **_inline_programs("cpu-dev")}
-    assert set(programs) == {"prefetch-data", "wait-for-mlflow", "create-bucket"}
+    assert set(programs) == {"prefetch-data", "wait-for-mlflow", "create-databases", "create-bucket"}
     for name, (code, _) in programs.items():
         compile(code, name, "exec")
 
