@@ -6,6 +6,7 @@ at scale.
     python -m bench.search [--seeds 10] [--budget 100] [--targets 0.65,0.72,0.8] [--concurrency 1,8,64]
     python -m bench.search --diverging      # a stand-in whose high-lr region diverges
     python -m bench.search --scale          # 1000 trials, 5 targets, 64 concurrent: latency
+    python -m bench.search --variants       # the shared search with one rule changed
 
 The stand-in maps a trial config of the real ACERT search space (``search_spaces``:
 epochs, schedule fractions, ramp shape, max_eps, kappa, kappa_final, regulariser weight,
@@ -19,11 +20,15 @@ Compared, over ``--seeds`` seeds, in trials (in the order they finish) until a t
 solved; a run that does not solve it within its budget counts as budget + 1:
 * ``independent``: one ``orchestrator.searcher.TargetSearcher`` per target with that target
   alone (Optuna TPE, the accuracy as an Optuna constraint), ``--budget`` trials each; its
-  total is the sum over targets;
+  total is the sum over targets (each study stopped when it solves its target: perfect
+  stopping), or, ``independent_side_by_side``, the trials until all are solved when the K
+  studies take turns (no stopping knowledge);
 * ``shared``: one TargetSearcher over all targets, K * ``--budget`` trials; its total is the
-  number of trials until every target is solved;
-* ``multi_objective``: one Optuna study maximising (val_acc, val_acr) with TPE, winners picked
-  afterwards per target, K * ``--budget`` trials, total as for shared;
+  number of trials until every target is solved; ``shared_oracle``: the same, but trials go
+  only to targets not yet solved (the perfect stopping of the independent sum);
+* ``multi_objective``: the TargetSearcher's pareto mode, one Optuna study maximising (val_acc,
+  val_acr) with univariate TPE, winners picked afterwards per target, K * ``--budget``
+  trials, total as for shared;
 * ``random``: Optuna's RandomSampler (``--random-budget`` trials, one stream; per target).
 The searchers are driven through their Ray ``Searcher`` interface without Ray: ``--concurrency``
 trials are in flight, each takes a random time (uniform 0.5-1.5), and results are reported in
@@ -181,34 +186,6 @@ def drive(
             return history
 
 
-class MultiObjectiveSearcher:
-    """The alternative to per-target studies: one Optuna study maximising (val_acc, val_acr)
-    with TPE (constant liar), driven like a Ray Searcher; winners are picked afterwards."""
-
-    def __init__(self, space, ctx, budget: int, seed: int) -> None:
-        import optuna
-
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=4)
-        self.study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
-        self.space, self.ctx, self.budget, self.live = space, ctx, budget, {}
-
-    def suggest(self, trial_id: str):
-        if len(self.study.trials) >= self.budget:
-            return None
-        trial = self.study.ask()
-        self.live[trial_id] = trial
-        return self.space(trial, self.ctx)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        import optuna
-
-        acc, acr = result[VAL_ACC], result[VAL_ACR]
-        if error or not (math.isfinite(acc) and math.isfinite(acr)):
-            self.study.tell(self.live.pop(trial_id), state=optuna.trial.TrialState.FAIL)
-        else:
-            self.study.tell(self.live.pop(trial_id), [acc, acr])
-
-
 def solved_all(targets, best):
     return lambda h: all(first_solved(h, a, best[a]) for a in targets)
 
@@ -242,7 +219,9 @@ def run_seed(
     runs = {
         "shared": TargetSearcher(space, ctx, targets, n, study_prefix=f"s{seed}", seed=seed),
         "shared_oracle": oracle_searcher(best)(space, ctx, targets, n, study_prefix=f"o{seed}", seed=seed),
-        "multi_objective": MultiObjectiveSearcher(space, ctx, n, seed),
+        "multi_objective": TargetSearcher(
+            space, ctx, targets, n, study_prefix=f"m{seed}", seed=seed, pareto=True
+        ),
     }
     for mode, searcher in runs.items():
         h = drive(searcher, n, concurrency=concurrency, seed=seed, done=solved_all(args.targets, best))
@@ -472,7 +451,14 @@ def scale(
     with tempfile.TemporaryDirectory() as d:
         storage = f"{d}/optuna.journal" if args.scale_storage == "journal" else f"sqlite:///{d}/optuna.db"
         searcher = TargetSearcher(
-            space, ctx, tuple(targets), n, study_prefix="scale", storage=storage, seed=args.seed
+            space,
+            ctx,
+            tuple(targets),
+            n,
+            study_prefix="scale",
+            storage=storage,
+            seed=args.seed,
+            pareto=args.scale_pareto,
         )
         timings: dict[str, list[float]] = {"suggest": [], "complete": [], "save": []}
         ckpt = os.path.join(d, "searcher.pkl")
@@ -499,6 +485,7 @@ def scale(
         "targets": targets,
         "concurrency": concurrency,
         "storage": args.scale_storage,
+        "pareto": args.scale_pareto,
         "save_every_trials": save_every,
         "suggest_ms": {
             "median": float(np.median(ms["suggest"])),
@@ -544,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-concurrency", type=int, default=64)
     p.add_argument("--scale-storage", default="journal", choices=["journal", "sqlite"])
     p.add_argument("--scale-save-every", type=int, default=10, help="finished trials between searcher saves")
+    p.add_argument("--scale-pareto", action="store_true", help="the searcher's pareto mode")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.budget, args.random_budget, args.targets, args.reference_samples = (

@@ -36,6 +36,16 @@ region of *that* target is. The design, and the problem each part answers (issue
   SQLite) is a record for people and dashboards, never read back for sampling: finished
   trials are written in batches at Ray's searcher checkpoints (:meth:`flush`), each once, in
   the study of the target it was suggested for (:func:`open_storage` on the costs).
+* **Pareto mode** (``pareto=True``), the alternative: one study maximising (val_acc, ACR),
+  every trial searching for every target ("target" in its config is the lowest, the one it
+  is judged against when it meets none), winners picked afterwards per target as always
+  (:func:`orchestrator.pareto.select_winner`). It uses univariate TPE, which needed a third of
+  the trials of multivariate TPE here. On the benchmark's stand-in it solved every target in
+  fewer trials than the per-target studies at 1 and 8 trials in flight, but each ask works
+  over every trial (not 1/K of them), so a suggest costs ~20x more at 1,000 trials
+  (docs/benchmarks.md, section 5). Outcomes as above, except that a stopped trial is PRUNED
+  without an intermediate value (Optuna keeps none for several objectives) and a failed one
+  is the point (0, 0), dominated by every measured trial.
 * **Small checkpoints, exact resume.** What is pickled is a compact log (per trial: its target,
   params, outcome, figures; per study: the order trials entered it) plus the samplers' states,
   not the Optuna studies; unpickling replays the log into fresh in-memory studies, giving the
@@ -186,6 +196,7 @@ class TargetSearcher(Searcher):
         objective: str = VAL_ACR,
         share_margin: float = SHARE_MARGIN,
         n_startup_trials: int = 4,
+        pareto: bool = False,
     ) -> None:
         super().__init__(metric=objective, mode="max")
         if not targets or list(targets) != sorted(set(targets)):
@@ -194,7 +205,8 @@ class TargetSearcher(Searcher):
             raise ValueError(f"budget={budget!r} must be >= 1")
         if not share_margin >= 0:
             raise ValueError(f"share_margin={share_margin!r} must be >= 0")
-        n = len(targets)
+        n = 1 if pareto else len(targets)  # studies
+        self._pareto = pareto
         self._space, self._ctx, self._targets, self._budget = space, ctx, tuple(targets), budget
         self._objective, self._margin, self._prefix, self._storage = (
             objective,
@@ -203,9 +215,12 @@ class TargetSearcher(Searcher):
             storage,
         )
         # constant_liar: trials in flight count as bad guesses, so that concurrent suggestions
-        # spread out instead of piling on one point.
+        # spread out instead of piling on one point. Multivariate TPE per target; univariate
+        # for the pareto study, where it needed a third of the trials (docs/benchmarks.md).
         self._samplers = [
-            optuna.samplers.TPESampler(seed=seed + k, constant_liar=True, n_startup_trials=n_startup_trials)
+            optuna.samplers.TPESampler(
+                seed=seed + k, constant_liar=True, n_startup_trials=n_startup_trials, multivariate=not pareto
+            )
             for k in range(n)
         ]
         self._records: list[Record] = []
@@ -213,7 +228,7 @@ class TargetSearcher(Searcher):
         self._order: list[list[int]] = [[] for _ in range(n)]  # records in study k's trial-number order
         self._finished: list[int] = []  # records in finishing order
         self._spaces: list[dict[str, BaseDistribution]] = []
-        self._best: list[float | None] = [None] * n  # best feasible value per target
+        self._best: list[float | None] = [None] * len(targets)  # best feasible value per target
         self._given, self._in_flight = [0] * n, [0] * n
         self._flushed = 0  # _finished[:_flushed] are in the storage record
         self._version = STATE_VERSION
@@ -247,9 +262,14 @@ class TargetSearcher(Searcher):
         self._handles[serial] = trial
         self._given[k] += 1
         self._in_flight[k] += 1
-        return {**config, "target": self._targets[k]}
+        # pareto mode: a trial is for every target; its "target" is the loosest one (the
+        # scheduler judges it for every target it meets)
+        return {**config, "target": self._targets[0 if self._pareto else k]}
 
     def _choose_target(self) -> int:
+        """The study to ask (the target's index; the one study in pareto mode)."""
+        if self._pareto:
+            return 0
         feasible = [b is not None for b in self._best]
         return choose_target(feasible, self._in_flight, self._given, self._budget / len(self._targets))
 
@@ -267,7 +287,7 @@ class TargetSearcher(Searcher):
         self._finished.append(serial)
         if rec.outcome == CANCELLED:
             return
-        for j in range(len(self._targets)):
+        for j in range(len(self._studies)):
             if j != rec.k and self._shared_with(rec, j):
                 self._studies[j].add_trial(self._frozen(rec, j))
                 self._order[j].append(serial)
@@ -320,6 +340,12 @@ class TargetSearcher(Searcher):
             study.tell(trial, state=TrialState.FAIL)
             return
         acc, value = self._told(rec)
+        if self._pareto:  # Optuna has no intermediate values for several objectives
+            if rec.outcome == PRUNED:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, [acc, value])
+            return
         trial.set_constraint(CONSTRAINT, self._targets[rec.k] - acc)
         if rec.outcome == PRUNED:
             trial.report(value, rec.epoch or 0)
@@ -340,6 +366,10 @@ class TargetSearcher(Searcher):
         if rec.outcome == CANCELLED:
             return optuna.trial.create_trial(state=TrialState.FAIL, **common)
         acc, value = self._told(rec)
+        if self._pareto:
+            if rec.outcome == PRUNED:
+                return optuna.trial.create_trial(state=TrialState.PRUNED, **common)
+            return optuna.trial.create_trial(values=[acc, value], **common)
         constraints = {CONSTRAINT: self._targets[j] - acc}
         if rec.outcome == PRUNED:
             return optuna.trial.create_trial(
@@ -360,22 +390,31 @@ class TargetSearcher(Searcher):
 
     # --- in-memory studies, rebuilt from the log ------------------------------------
     def _study_name(self, k: int) -> str:
-        return f"{self._prefix}-acc{format_target(self._targets[k])}"
+        return (
+            f"{self._prefix}-pareto"
+            if self._pareto
+            else f"{self._prefix}-acc{format_target(self._targets[k])}"
+        )
+
+    def _new_study(self, k: int, sampler: optuna.samplers.BaseSampler, storage: Any = None) -> optuna.Study:
+        directions = ["maximize", "maximize"] if self._pareto else ["maximize"]
+        return optuna.create_study(
+            study_name=self._study_name(k),
+            storage=storage,
+            sampler=sampler,
+            directions=directions,
+            load_if_exists=storage is not None,
+        )
 
     def _build(self) -> None:
         """Fresh in-memory studies holding the logged trials under their original numbers."""
-        self._studies = [
-            optuna.create_study(
-                study_name=self._study_name(k), sampler=self._samplers[k], direction="maximize"
-            )
-            for k in range(len(self._targets))
-        ]
+        self._studies = [self._new_study(k, sampler) for k, sampler in enumerate(self._samplers)]
         self._handles: dict[int, optuna.Trial] = {}
         self._mirror: list[optuna.Study] | None = None
         self._mirror_has: set[str] = set()  # ray ids the storage record already holds (restore)
         self._mirror_unsure = False  # a flush failed part-way
-        self._n_told = [0] * len(self._targets)  # finished trials per study (TPE's n)
-        self._top: list[list[float]] = [[] for _ in self._targets]
+        self._n_told = [0] * len(self._studies)  # finished trials per study (TPE's n)
+        self._top: list[list[float]] = [[] for _ in self._studies]
         for j, study in enumerate(self._studies):
             for serial in self._order[j]:
                 rec = self._records[serial]
@@ -392,14 +431,8 @@ class TargetSearcher(Searcher):
         if self._mirror is None:
             storage = open_storage(self._storage)
             self._mirror = [
-                optuna.create_study(
-                    study_name=self._study_name(k),
-                    storage=storage,
-                    direction="maximize",
-                    sampler=optuna.samplers.RandomSampler(),
-                    load_if_exists=True,
-                )
-                for k in range(len(self._targets))
+                self._new_study(k, optuna.samplers.RandomSampler(), storage)
+                for k in range(len(self._studies))
             ]
         return self._mirror
 
@@ -411,7 +444,7 @@ class TargetSearcher(Searcher):
         if self._mirror_unsure:  # a write failed half-way: see what the record holds
             self._close_orphans()
         studies = self._mirror_studies()
-        batch: list[list[optuna.trial.FrozenTrial]] = [[] for _ in self._targets]
+        batch: list[list[optuna.trial.FrozenTrial]] = [[] for _ in self._studies]
         for serial in self._finished[self._flushed :]:
             rec = self._records[serial]
             if rec.ray_id not in self._mirror_has:

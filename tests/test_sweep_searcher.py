@@ -297,6 +297,30 @@ def test_a_failed_write_to_the_record_is_retried_without_duplicates(tmp_path, mo
     assert ids == ["t0", "t1", "t2", "t3"]
 
 
+def test_pareto_mode_one_study_on_both_objectives(tmp_path):
+    s = make(budget=10, targets=(0.6, 0.8), pareto=True, storage=str(tmp_path / "optuna.journal"))
+    cfgs = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
+    assert {c["target"] for c in cfgs.values()} == {0.6}  # the loosest: it counts for every target
+    finish(s, "t0", cfgs["t0"], 0.85, 0.2)
+    s.on_trial_complete("t1", result(0.7, 0.3, epoch=cfgs["t1"]["epochs"] - 1))  # stopped early
+    s.on_trial_complete("t2", None, error=True)
+    s.on_trial_complete("t3", result(math.nan, 0.3))
+    (study,) = s.studies
+    trials = by_ray(study)
+    assert trials["t0"].values == [0.85, 0.2] and trials["t1"].state == P
+    assert trials["t2"].values == [0.0, 0.0] and trials["t3"].values == [0.0, 0.0]  # the worst point
+    assert s.best_feasible() == [0.3, 0.2]  # a stopped trial is a real model too
+    s.save(str(tmp_path / "p.pkl"))
+    r = TargetSearcher.__new__(TargetSearcher)
+    r.restore(str(tmp_path / "p.pkl"))
+    assert [(t.number, t.state, t.values) for t in r.studies[0].trials] == [
+        (t.number, t.state, t.values) for t in study.trials
+    ]
+    assert r.suggest("t6") == s.suggest("t6")
+    (record,) = r._mirror_studies()
+    assert record.study_name == "s-pareto" and len(record.trials) == 4
+
+
 def test_old_checkpoints_are_refused_with_a_reason(tmp_path):
     with open(tmp_path / "old.pkl", "wb") as f:
         pickle.dump({"_studies": [], "_finished": {}}, f)
