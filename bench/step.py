@@ -143,7 +143,9 @@ class LirpaIBP:
     def __init__(self, lirpa, ptb, c: Tensor, eps: float) -> None:
         self.lirpa, self.ptb, self.c, self.eps = lirpa, ptb, c, eps
 
-    def step(self, model: nn.ModuleList, x: Tensor, y: Tensor, step: int) -> StepOutput:
+    def step(
+        self, model: nn.ModuleList, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
+    ) -> StepOutput:
         bounded = model[0]
         logits = bounded(x)  # clean pass: BatchNorm statistics of the clean batch
         bx = self.lirpa.BoundedTensor(x, self.ptb)
