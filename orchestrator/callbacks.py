@@ -46,6 +46,7 @@ class MlflowTrialCallback(Callback):
     def __init__(self, tracker: SweepTracker, method: str, sweep: SweepConfig) -> None:
         self.tracker, self.method, self.sweep = tracker, method, sweep
         self.targets = tuple(sweep.accs)
+        self._last_step: dict[str, int] = {}
 
     def _run(self, trial: Any) -> str:
         config = dict(trial.config)
@@ -57,7 +58,14 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
         step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
-        self.tracker.log_metrics(self._run(trial), result_metrics(result), step=step)
+        run_id = self._run(trial)
+        last = self._last_step.get(trial.trial_id)
+        if last is None:  # first result this driver sees: after a restore the run may hold more epochs
+            last = self.tracker.last_step(run_id, M.VAL_ACR)
+        if step <= last:
+            return  # an epoch trained again after Tuner.restore: it was logged before the kill
+        self._last_step[trial.trial_id] = step
+        self.tracker.log_metrics(run_id, result_metrics(result), step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
         m = measured(trial.last_result, M.VAL_ACR)

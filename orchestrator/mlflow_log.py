@@ -216,6 +216,10 @@ class SweepTracker:
         self._runs[trial_id] = run_id
         return run_id
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """The last step of metric ``key`` in a run, -1 without any."""
+        return max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 

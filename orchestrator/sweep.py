@@ -151,7 +151,10 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
             name=method,
             storage_path=cfg.sweep_dir,
             callbacks=[MlflowTrialCallback(tracker, method, cfg), ProgressCallback(method, cfg.accs)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two: the experiment state Tune saved last (every CHECKPOINT_PERIOD_S) may still name a
+            # trial's previous checkpoint when the driver dies; with one kept it is already deleted
+            # and the restored trial errors (tests/cluster/test_rehearsal.py hit it).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
