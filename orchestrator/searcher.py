@@ -16,10 +16,12 @@ region of *that* target is. The design, and the problem each part answers (issue
   study's TPE good group (:meth:`TargetSearcher._shared_with`). TPE's good group is
   ``min(ceil(0.1 n), 25)`` trials counted over the whole study (STACK.md): warm-starting a
   study with every trial filled it with far-infeasible trials ranked only by how far they
-  miss (the previous design); adding every *feasible* trial fills it with trials far above
-  a_j, whose ACR is capped by the tradeoff, and pulls the model away from a_j's constraint,
-  where its best ACR is (measured: the lowest target then needed 1.5-2x the trials). A copy
-  that could only join the bad group is therefore left out.
+  miss (the previous design); adding every *feasible* trial grows the study and with it the
+  good group, which then takes in trials far above a_j, whose ACR is capped by the tradeoff,
+  pulling the model away from a_j's constraint, where its best ACR is. A copy that could only
+  join the bad group is therefore left out. (Measured in docs/benchmarks.md, section 5: over
+  24 seeds the lowest target needed 1.5x the trials when every feasible trial was copied;
+  over 10 seeds the difference was within the noise.)
 * **Honest outcomes.** A trial that trained all its epochs is COMPLETE. One the scheduler
   stopped early is PRUNED with its last ACR as the intermediate value at its last epoch (TPE
   ranks PRUNED below every COMPLETE feasible trial): the epoch count of its last result is
@@ -42,10 +44,10 @@ region of *that* target is. The design, and the problem each part answers (issue
   (:func:`orchestrator.pareto.select_winner`). It uses univariate TPE, which needed a third of
   the trials of multivariate TPE here. On the benchmark's stand-in it solved every target in
   fewer trials than the per-target studies at 1 and 8 trials in flight, but each ask works
-  over every trial (not 1/K of them), so a suggest costs ~20x more at 1,000 trials
-  (docs/benchmarks.md, section 5). Outcomes as above, except that a stopped trial is PRUNED
-  without an intermediate value (Optuna keeps none for several objectives) and a failed one
-  is the point (0, 0), dominated by every measured trial.
+  over every trial (not 1/K of them): a suggest cost 114 ms (median) against 19 ms at 1,000
+  trials and 5 targets (docs/benchmarks.md, section 5). Outcomes as above, except that a
+  stopped trial is PRUNED without an intermediate value (Optuna keeps none for several
+  objectives) and a failed one is the point (0, 0), dominated by every measured trial.
 * **Small checkpoints, exact resume.** What is pickled is a compact log (per trial: its target,
   params, outcome, figures; per study: the order trials entered it) plus the samplers' states,
   not the Optuna studies; unpickling replays the log into fresh in-memory studies, giving the
@@ -154,8 +156,9 @@ def choose_target(
 
 def open_storage(storage: str) -> str | optuna.storages.BaseStorage:
     """An Optuna RDB URL (``sqlite:///...``) as it is; any other string is the path of an
-    Optuna journal file. The journal appends a line per trial; SQLAlchemy's per-trial
-    transactions made a checkpoint 14x slower with SQLite (docs/benchmarks.md, section 5)."""
+    Optuna journal file. The journal appends a line per trial; with SQLite (SQLAlchemy, a
+    transaction per trial) a save writing 10 trials took 978 ms against 63 ms
+    (docs/benchmarks.md, section 5)."""
     if "://" in storage:
         return storage
     from optuna.storages import JournalStorage
