@@ -27,7 +27,9 @@ from trainers.settings import ConfigError, bad, same_as, setting
 SCHEDULERS = ("asha", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SWEEP_FILE = "sweep.json"
-# Keys the searcher adds to a trial's config that are not training settings.
+# Keys the searcher adds to a trial's config that are not training settings. The searcher no
+# longer writes search_phase (the phased design before issue #10); trials of sweeps recorded
+# with it must still load (MLflow params, resumed sweeps), so it stays a known key.
 TARGET, SEARCH_PHASE = "target", "search_phase"
 TRIAL_META_KEYS = (TARGET, SEARCH_PHASE)
 
@@ -105,8 +107,8 @@ class SweepConfig:
     optuna_storage: str = setting(
         "",
         "Optuna RDB URL for the per-target studies, e.g. postgresql://user@host/db on a cluster (SQLite on "
-        "shared file systems is unreliable with several writers); default: SQLite in the sweep folder, or "
-        "in memory (inside Ray's searcher checkpoint) with remote --storage",
+        "shared file systems is unreliable with several writers); default: a journal file in the sweep "
+        "folder, or in memory (inside Ray's searcher checkpoint) with remote --storage",
     )
     register_models: bool = setting(
         True, "register each target's winner in the MLflow model registry", flag="register"

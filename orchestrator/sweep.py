@@ -96,15 +96,20 @@ def space_context(cfg: SweepConfig) -> SpaceContext:
 
 
 def optuna_storage(cfg: SweepConfig) -> str | None:
-    """``--optuna-storage`` if given (a database server on a cluster); else SQLite next to the
-    Ray experiments when the sweep folder is local; with remote storage the studies stay in
-    memory and travel inside Ray's searcher checkpoint."""
+    """``--optuna-storage`` if given (a database server on a cluster); else an Optuna journal
+    file next to the Ray experiments when the sweep folder is local (a save that writes 10
+    finished trials takes ~60 ms there against ~1 s with SQLite's transaction per trial:
+    docs/benchmarks.md, "At scale"); a sweep begun with the former SQLite record keeps it. With
+    remote storage the studies stay in memory and travel inside Ray's searcher checkpoint."""
     if cfg.optuna_storage:
         return cfg.optuna_storage
     if is_remote_uri(cfg.storage):
         return None
-    Path(cfg.sweep_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(cfg.sweep_dir).resolve() / 'optuna.db'}"
+    folder = Path(cfg.sweep_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "optuna.db").exists():
+        return f"sqlite:///{folder / 'optuna.db'}"
+    return str(folder / "optuna.journal")
 
 
 def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):

@@ -128,7 +128,7 @@ def test_good_flags_round_trip(in_tmp):
             "sqlite:///x.db",
         ]
     )
-    assert cfg.accs == (0.6, 0.8)  # sorted: lower targets warm-start higher ones
+    assert cfg.accs == (0.6, 0.8)  # sorted, as the frontier lists them
     assert cfg.methods == ("acert", "ibp") and cfg.gpus_per_trial == 0.25
     assert cfg.storage == str(in_tmp / "sweeps") and cfg.sweep_dir == str(in_tmp / "sweeps" / "n1")
     assert SweepConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

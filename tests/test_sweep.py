@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -174,6 +175,38 @@ def test_frontier_artifacts_and_feasible_winners(served_sweep):
     assert [r["trial_id"] if r["status"] == "ok" else None for r in saved] == [
         r.get("trial_id") for r in rows
     ]
+
+
+def test_the_local_optuna_record_is_a_journal_with_every_trial_once(served_sweep):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    cfg, _ = served_sweep
+    folder = SweepDir(cfg)
+    assert (folder / "optuna.journal").is_file() and not (folder / "optuna.db").exists()
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    recorded = []
+    for name in optuna.get_all_study_names(storage=storage):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        recorded += [t.user_attrs["ray_trial_id"] for t in trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(recorded) == len(set(recorded)), "a trial is twice in the Optuna record"
+    assert set(recorded) == {c.data.tags["ray.trial_id"] for c in runs_of(cfg, "trial")}
+
+
+def test_optuna_record_defaults(tmp_path):
+    from orchestrator.sweep import optuna_storage
+
+    cfg = small_config(tmp_path, "rec", "sqlite:///x.db")
+    assert optuna_storage(cfg) == str(Path(cfg.sweep_dir).resolve() / "optuna.journal")
+    (Path(cfg.sweep_dir) / "optuna.db").touch()  # a sweep begun with the former SQLite record keeps it
+    assert optuna_storage(cfg) == f"sqlite:///{Path(cfg.sweep_dir).resolve() / 'optuna.db'}"
+    assert optuna_storage(
+        small_config(tmp_path, "rec", "sqlite:///x.db", optuna_storage="postgresql://h/db")
+    ) == ("postgresql://h/db")
+    assert (
+        optuna_storage(small_config(tmp_path, "rec", "sqlite:///x.db", storage="s3://bucket/sweeps")) is None
+    )
 
 
 def SweepDir(cfg):
