@@ -71,7 +71,7 @@ def stand_in(config: dict[str, Any]) -> tuple[float, float]:
         * (1.0 - 0.01 * config["std_epochs"] / epochs / 0.3)
         * (1.0 if config["ramp_shape"] == "smooth" else 0.995)
         * {64: 0.995, 128: 1.0, 256: 0.995}[config["batch_size"]]
-        * (1.0 - config["min_eps"] / config["max_eps"] / 20.0)
+        * (1.0 - config.get("min_eps", 0.0) / config["max_eps"] / 20.0)
     )
     acc = 0.90 - 0.32 * (1.0 - math.exp(-1.1 * pressure)) - 0.01 * (1.0 - quality)
     acr = 0.5 * (1.0 - math.exp(-1.4 * pressure)) * quality

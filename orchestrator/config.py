@@ -22,7 +22,7 @@ from typing import Any
 
 from trainers.config import DEVICES, TrainConfig, _names
 from trainers.metrics import DONE  # noqa: F401  (re-exported for the searcher's users)
-from trainers.settings import ConfigError, bad, same_as, setting
+from trainers.settings import ConfigError, _unwrap_optional, bad, field_types, same_as, setting
 
 SCHEDULERS = ("asha", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -65,7 +65,7 @@ class SweepConfig:
     )
     trials: int = setting(24, "trial budget per method, shared by all targets")
     epochs: int = same_as(
-        TrainConfig, "epochs", help="epochs per trial (at most; a search space may pick fewer)"
+        TrainConfig, "epochs", help="epochs per trial (each trial trains this many unless the scheduler stops it early)"
     )
     data_dir: str = same_as(TrainConfig, "data_dir")
     download: bool = same_as(TrainConfig, "download")
@@ -118,6 +118,12 @@ class SweepConfig:
         "modules to import first, comma-separated: they may register data "
         "sets, models, training methods and search spaces",
     )
+    fixed: tuple[str, ...] = setting(
+        (),
+        "training settings every trial uses instead of searching them, KEY=VALUE comma-separated, "
+        "e.g. batch_size=128,lr=0.002,std_epochs=1,ramp_epochs=20 (each applies to the methods that "
+        "take it; 'none' for an unset optional value)",
+    )
 
     def __post_init__(self) -> None:
         from trainers.data import DATASETS
@@ -155,6 +161,8 @@ class SweepConfig:
             )
         try:  # the trials' shared settings are checked now, not in the first trial
             self.trial({})
+            for method in self.methods:
+                self.trial({"method": method, **self.fixed_settings(method)})
         except ConfigError as e:
             raise SweepInputError(str(e)) from None
 
@@ -222,6 +230,19 @@ class SweepConfig:
     def cert_eps(self) -> tuple[float, ...]:
         return self.spec.cert_eps
 
+    def fixed_settings(self, method: str) -> dict[str, Any]:
+        """``--fixed`` as typed values: those of the settings ``method`` takes (a search space's
+        value for them is replaced, see ``search_spaces.with_fixed``)."""
+        from trainers.methods import TRAINING_METHODS
+
+        common = field_types(TrainConfig)
+        own = field_types(TRAINING_METHODS.get(method).params)
+        out = {}
+        for key, value in _parse_fixed(self.fixed, self.methods).items():
+            if key in own or key in common:
+                out[key] = _typed(key, value, own.get(key, common.get(key)))
+        return out
+
     def trial(self, overrides: Mapping[str, Any]) -> TrainConfig:
         """The training config of one trial: the settings every trial shares (the fields this
         config has in common with TrainConfig), then the trial's own values (method and tuned
@@ -252,6 +273,49 @@ class SweepConfig:
 
     def replace(self, **changes: Any) -> SweepConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Per-trial settings --fixed may not set: which method runs, and the test-set evaluation (the
+# sweep evaluates only the winners on the test set, after selection).
+_NOT_FIXABLE = ("method", "params", "eval_test_at_end")
+
+
+def _parse_fixed(items: tuple[str, ...], methods: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE items -> {key: text}; each key a per-trial setting of some swept method."""
+    from trainers.methods import TRAINING_METHODS
+
+    common = set(field_types(TrainConfig)) - set(_SHARED_WITH_TRIALS) - set(_NOT_FIXABLE)
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = (t.strip() for t in item.partition("="))
+        if not sep or not key or not value:
+            raise bad("--fixed", item, "expected KEY=VALUE, e.g. batch_size=128")
+        if key in out:
+            raise bad("--fixed", item, f"{key} is given twice")
+        if key in _SHARED_WITH_TRIALS:
+            raise bad("--fixed", item, f"{key} is a sweep setting: use --{key.replace('_', '-')}")
+        takers = [m for m in methods if key in common or key in field_types(TRAINING_METHODS.get(m).params)]
+        if not takers:
+            raise bad("--fixed", item, f"no swept method ({', '.join(methods)}) takes a setting {key!r}")
+        out[key] = value
+    return out
+
+
+def _typed(key: str, text: str, tp: Any) -> Any:
+    """The value of a --fixed item for its setting's type (bool, int, float, str, optional)."""
+    base, optional = _unwrap_optional(tp)
+    if optional and text.lower() == "none":
+        return None
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if base in (int, float, str):
+            return base(text)
+    except ValueError:
+        raise bad("--fixed", f"{key}={text}", f"not a valid {base.__name__}") from None
+    raise bad("--fixed", f"{key}={text}", "this setting cannot be fixed from the command line")
 
 
 _SHARED_WITH_TRIALS = tuple(

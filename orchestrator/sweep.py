@@ -26,7 +26,7 @@ from orchestrator.cli import parse_sweep_args
 from orchestrator.config import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri
 from orchestrator.killpoints import kill_point
 from orchestrator.storage import read_text, write_text
-from search_spaces import SearchSpace, SpaceContext, get_space
+from search_spaces import SearchSpace, SpaceContext, get_space, with_fixed
 from trainers.settings import ConfigError
 
 # A killed driver loses at most this many seconds of Tune's experiment state (Ray's adaptive
@@ -213,7 +213,7 @@ def run_sweep(
     try:
         points = {}
         for method in cfg.methods:
-            space = (spaces or {}).get(method) or get_space(method)
+            space = with_fixed((spaces or {}).get(method) or get_space(method), cfg.fixed_settings(method))
             tuner = make_tuner(cfg, method, tracker, space)
             t0 = time.perf_counter()
             grid = tuner.fit()

@@ -9,7 +9,7 @@ function plus one ``@register_space`` line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,41 @@ def register_space(name: str) -> Callable[[SearchSpace], SearchSpace]:
 
 
 get_space = SPACES.get
+
+
+class _Fixing:
+    """A trial whose suggestions for the fixed names return the fixed value (Optuna never sees
+    those names, so TPE models only what is searched)."""
+
+    def __init__(self, trial: SuggestTrial, fixed: Mapping[str, Any]) -> None:
+        self._trial, self._fixed = trial, fixed
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return (
+            self._fixed[name] if name in self._fixed else self._trial.suggest_float(name, low, high, log=log)
+        )
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return self._fixed[name] if name in self._fixed else self._trial.suggest_int(name, low, high)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._fixed[name] if name in self._fixed else self._trial.suggest_categorical(name, choices)
+
+
+def with_fixed(space: SearchSpace, fixed: Mapping[str, Any]) -> SearchSpace:
+    """``space`` with some settings fixed (``--fixed``): a suggestion of a fixed name returns
+    its value, and a fixed setting the space derives (``std_epochs`` from ``std_frac``, say) is
+    replaced in its output. Derived values that depend on a fixed one follow it (``min_eps``
+    is a fraction of a fixed ``max_eps``)."""
+    if not fixed:
+        return space
+    fixed = dict(fixed)
+
+    def fixed_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
+        return {**space(_Fixing(trial, fixed), ctx), **fixed}
+
+    fixed_space.__name__ = f"{getattr(space, '__name__', 'space')}_fixed"
+    return fixed_space
 
 
 from search_spaces import acert, baselines, mtl_ibp  # noqa: E402,F401  (registers the spaces)

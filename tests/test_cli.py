@@ -262,3 +262,35 @@ def test_config_file_gives_defaults_that_flags_override(in_tmp, capsys):
     assert code == 2 and "unknown setting 'epoch'" in err and err.count("\n") == 1
     code, err = run_main(["--config", "missing.json"], capsys)
     assert code == 2 and "--config 'missing.json'" in err
+
+
+def test_fixed_trial_settings_are_typed_and_checked(in_tmp):
+    cfg = parse_sweep_args(
+        [*BASE, "--methods", "acert,mtl-ibp", "--fixed", "batch_size=128,lr=0.002,alpha=0.1,kappa_final=none"]
+    )
+    assert cfg.fixed_settings("acert") == {"batch_size": 128, "lr": 0.002, "kappa_final": None}
+    assert cfg.fixed_settings("mtl-ibp") == {
+        "batch_size": 128,
+        "lr": 0.002,
+        "alpha": 0.1,
+        "kappa_final": None,
+    }
+    assert SweepConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # sweep.json keeps them
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("batch_size=12x", "invalid --fixed 'batch_size=12x': not a valid int"),
+        ("alpha=0.1", "invalid --fixed 'alpha=0.1': no swept method (acert) takes a setting 'alpha'"),
+        ("epochs=3", "invalid --fixed 'epochs=3': epochs is a sweep setting: use --epochs"),
+        ("lr", "invalid --fixed 'lr': expected KEY=VALUE"),
+        ("lr=1,lr=2", "invalid --fixed 'lr=2': lr is given twice"),
+        ("method=ibp", "no swept method (acert) takes a setting 'method'"),
+        ("kappa=2", "invalid kappa=2.0: must lie in [0, 1]"),
+    ],
+)
+def test_bad_fixed_settings_are_one_line_errors(in_tmp, capsys, value, message):
+    code, err = run_main([*BASE, "--fixed", value], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err

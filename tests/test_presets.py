@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from orchestrator.config import SweepConfig
-from search_spaces import SpaceContext, get_space
+from search_spaces import SpaceContext, get_space, with_fixed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -19,6 +19,20 @@ PRESETS = sorted(CONFIGS.glob("*"))
 PER_RUN = {"name", "storage", "tracking_uri", "resume", "address", "optuna_storage"}  # where, not what
 # PAPER.md, published settings: epochs per data set; CNN7 with BatchNorm everywhere.
 PUBLISHED_EPOCHS = {"mnist": 100, "cifar10": 200, "tinyimagenet": 200}
+# PAPER.md: batch size, peak learning rate, standard epochs then ramp length; TinyImageNet's L1
+# weight decay and regulariser weight (the authors' configs). Fixed in every trial (--fixed).
+PUBLISHED_TRIAL_SETTINGS = {
+    "mnist": {"batch_size": 128, "lr": 1e-3, "std_epochs": 1, "ramp_epochs": 20},
+    "cifar10": {"batch_size": 128, "lr": 2e-3, "std_epochs": 1, "ramp_epochs": 80},
+    "tinyimagenet": {
+        "batch_size": 256,
+        "lr": 2e-3,
+        "std_epochs": 1,
+        "ramp_epochs": 80,
+        "l1": 1e-4,
+        "reg_weight": 0.2,
+    },
+}
 
 
 def load(path: Path) -> dict:
@@ -63,7 +77,9 @@ def test_every_method_of_a_preset_makes_valid_trials(path, tmp_path):
     for method in cfg.methods:
         for _ in range(5):
             trial = study.ask()
-            train = cfg.trial(get_space(method)(trial, ctx))
-            assert train.method == method and train.model_name == "cnn7" and train.epochs <= cfg.epochs
+            train = cfg.trial(with_fixed(get_space(method), cfg.fixed_settings(method))(trial, ctx))
+            assert train.method == method and train.model_name == "cnn7" and train.epochs == cfg.epochs
+            for key, value in PUBLISHED_TRIAL_SETTINGS[cfg.dataset].items():
+                assert train.to_dict()[key] == value, (method, key)
             assert train.dataset == cfg.dataset
             study.tell(trial, 0.0)

@@ -21,7 +21,8 @@ def test_every_suggestion_is_a_valid_training_config(name, max_epochs):
         # only keys the method accepts: from_dict raises ConfigError on any other
         cfg = TrainConfig.from_dict({"dataset": "synthetic", **out})
         assert cfg.method == name and set(out) <= set(cfg.to_dict())
-        assert 1 <= cfg.epochs <= max_epochs
+        assert cfg.epochs == max_epochs  # epochs are the sweep's budget, not searched
+        assert 5e-4 <= cfg.lr <= 5e-3  # around the published 1e-3 and 2e-3
         assert cfg.std_epochs + cfg.ramp_epochs <= cfg.epochs
         assert cfg.std_epochs < cfg.epochs  # at least one certified-training epoch
         assert 0.1 / 8 <= cfg.train_max_eps <= 0.2
@@ -48,7 +49,43 @@ def test_baselines_tune_their_own_knobs():
     assert {"beta_start", "beta_end", "kappa", "max_eps"} <= set(t.params)
     t = study.ask()
     get_space("acert")(t, SpaceContext(5, 0.1))
-    assert {"kappa", "kappa_final", "max_eps", "lr", "ramp_frac", "std_frac"} <= set(t.params)
+    assert {"kappa", "kappa_schedule", "lr", "ramp_frac", "std_frac"} <= set(t.params)
+    assert not {"epochs", "max_eps", "min_eps_frac"} & set(t.params)
+
+
+def test_acert_trains_at_the_data_sets_radius_with_the_published_defaults():
+    """As published: max_eps is the data set's (where the evaluation caps the radii too), the
+    radius floor min_eps its 1e-6 default, and kappa constant or moving to kappa_final."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    schedules = set()
+    for _ in range(40):
+        trial = study.ask()
+        out = get_space("acert")(trial, SpaceContext(6, 0.1))
+        cfg = TrainConfig.from_dict({"dataset": "synthetic", **out})
+        assert cfg.max_eps == 0.1 and cfg.params.min_eps == 1e-6
+        schedules.add(trial.params["kappa_schedule"])
+        if trial.params["kappa_schedule"] == "constant":
+            assert cfg.kappa_final == cfg.kappa and "kappa_final" not in trial.params
+        else:
+            assert cfg.kappa_final == trial.params["kappa_final"]
+        study.tell(trial, 0.0)
+    assert schedules == {"constant", "linear"}
+
+
+def test_fixed_settings_are_not_searched():
+    """--fixed: a fixed name is never suggested (Optuna does not model it), a derived setting is
+    replaced in the output, and the rest is searched as before."""
+    from search_spaces import with_fixed
+
+    space = with_fixed(get_space("acert"), {"lr": 2e-3, "batch_size": 128, "std_epochs": 1, "max_eps": 0.05})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        out = space(trial, SpaceContext(8, 0.1))
+        assert (out["lr"], out["batch_size"], out["std_epochs"], out["max_eps"]) == (2e-3, 128, 1, 0.05)
+        assert not {"lr", "batch_size"} & set(trial.params) and "kappa" in trial.params
+        study.tell(trial, 0.0)
+    assert with_fixed(get_space("ibp"), {}) is get_space("ibp")
 
 
 def test_unknown_space_lists_the_known_ones():

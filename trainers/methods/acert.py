@@ -36,7 +36,7 @@ RADIUS_SOLVERS = ("exact", "warm")
 class ACERTParams:
     root_iters: int = setting(10, "ACERT: bound evaluations per batch for the adaptive radii")
     root_rel_tol: float = setting(1e-4, "ACERT: relative tolerance of the adaptive radii")
-    min_eps: float = setting(0.0, "ACERT: floor of the adaptive radii while regularising")
+    min_eps: float = setting(1e-6, "ACERT: floor of the adaptive radii while regularising")
     radius_solver: str = setting(
         "exact",
         "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm "
