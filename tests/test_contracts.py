@@ -28,6 +28,7 @@ FIXTURES = {  # data set -> writer of its small on-disk fixture (None: generated
     "cifar10": write_cifar,
     "tinyimagenet": write_tinyimagenet,
     "synthetic": None,
+    "synthetic-tradeoff": None,
 }
 
 

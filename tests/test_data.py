@@ -169,7 +169,7 @@ def test_missing_data_without_download_names_the_folder(tmp_path, dataset, folde
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"dataset": "svhn"}, "cifar10, fashion-mnist, mnist, synthetic, tinyimagenet"),
+    [({"dataset": "svhn"}, "cifar10, fashion-mnist, mnist, synthetic, synthetic-tradeoff, tinyimagenet"),
      ({"dataset": "synthetic", "val_fraction": 1.0}, "val_fraction=1.0"),
      ({"dataset": "synthetic", "train_subset": 0}, "train_subset=0")],
 )  # fmt: skip
@@ -215,6 +215,44 @@ def test_synthetic_is_learnt_by_mlp_tiny_in_two_epochs():
             opt.step()
     with torch.no_grad():
         assert (model(s.x_test).argmax(1) == s.y_test).float().mean() > 0.9
+
+
+def test_synthetic_tradeoff_makes_accuracy_and_robustness_trade_off(tmp_path):
+    """The demo's data set: standard training is accurate and barely robust, certified
+    training at the data set's radius is robust and loses the swapped samples' accuracy."""
+    from trainers.config import TrainConfig
+    from trainers.train import run_training
+
+    out = {}
+    for method, lr in (("standard", 1e-2), ("ibp", 3e-3)):
+        cfg = TrainConfig(
+            method=method,
+            dataset="synthetic-tradeoff",
+            epochs=4,
+            std_epochs=1,
+            ramp_epochs=2,
+            batch_size=64,
+            lr=lr,
+            val_acr_samples=200,
+            device="cpu",
+            threads=1,
+        )
+        out[method] = run_training(cfg, output_dir=tmp_path / method, log=lambda _m: None)
+    std, ibp = out["standard"], out["ibp"]
+    assert std["val_acc"] >= 0.9 and ibp["val_acc"] <= 0.8, (std["val_acc"], ibp["val_acc"])
+    assert ibp["val_acr"] >= 3 * std["val_acr"] and ibp["val_acr"] >= 0.05, (std["val_acr"], ibp["val_acr"])
+
+
+def test_synthetic_tradeoff_codes_the_class_faintly_and_swaps_some_prototypes():
+    x, y, _, _ = make_synthetic(4000, 8, faint=0.08, swapped=0.3, noise=0.0)
+    flat = x.flatten(1)
+    code, body = flat[:, -32:], flat[:, :-32]  # the code on the last half of the 64 pixels
+    assert torch.allclose((code - 0.5).abs(), torch.full_like(code, 0.08), atol=1e-6)
+    codes = torch.stack([code[y == k][0] for k in range(4)])
+    assert torch.equal(code, codes[y]) and len({tuple(c.tolist()) for c in codes}) == 4  # the class's own
+    protos = torch.stack([body[(y == k)].mode(0).values for k in range(4)])
+    shown = (body[:, None, :] - protos[None]).abs().sum(-1).argmin(1)
+    assert 0.27 < (shown != y).float().mean() < 0.33  # 30 % show another class's prototype
 
 
 def test_make_synthetic_rejects_too_small_shapes():

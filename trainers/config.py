@@ -82,7 +82,9 @@ class TrainConfig:
     )
     test_samples: int | None = setting(None, "test samples certified at the end; default: the whole test set")
     train_subset: int | None = setting(None, "train on the first N training samples only (quick runs)")
-    synthetic_size: int = setting(2048, "training samples of the generated `synthetic` data set")
+    synthetic_size: int = setting(
+        2048, "training samples of the generated `synthetic` and `synthetic-tradeoff` data sets"
+    )
     seed: int = setting(0, "seed of the initialisation, shuffling and the validation split")
     device: str = setting("auto", "auto (CUDA if available), cpu or cuda")
     threads: int | None = setting(None, "torch CPU threads; default: torch's choice")

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from trainers.data.loaders import load_cifar10, load_tinyimagenet, mnist_like
 from trainers.data.spec import DatasetSpec, register_dataset
-from trainers.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_SHAPE, load_synthetic
+from trainers.data.synthetic import (
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_SHAPE,
+    load_synthetic,
+    load_synthetic_tradeoff,
+)
 
 register_dataset(
     DatasetSpec(
@@ -77,6 +82,20 @@ register_dataset(
         (0.5,),
         (0.5,),
         loader=load_synthetic,
+        default_model="mlp_tiny",
+        max_eps=0.1,
+        eps_cap=0.2,
+        cert_eps=(0.05, 0.1),
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "synthetic-tradeoff",
+        SYNTHETIC_CLASSES,
+        SYNTHETIC_SHAPE,
+        (0.5,),
+        (0.5,),
+        loader=load_synthetic_tradeoff,
         default_model="mlp_tiny",
         max_eps=0.1,
         eps_cap=0.2,
