@@ -91,6 +91,7 @@ def crown_ibp_margins(
     relus = [i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
     if any(i not in ctx.preact for i in relus):
         ctx.preact.clear()
+        ctx.relu_stats.clear()
         propagate(layers, ctx, box=box, record_preact=True)
     shapes = _input_shapes(layers, x)
     a, bias = spec_last_layer(layers[-1], y)  # [B, S, H], [B, S]

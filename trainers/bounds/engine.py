@@ -24,11 +24,15 @@ their gradients); the clean batch goes through its own product (no concatenation
 no backward when the loss does not use the clean logits); the interval ReLU and the batch
 statistics are single autograd nodes with hand-written backward passes, and the ReLUs work
 in place on tensors nothing else holds. Under ``torch.no_grad`` (the root solver) the folded
-weights are cached in the context. All of it computes the same bounds up to rounding.
+weights are cached in the context. When the pass records the pre-activation bounds (for
+CROWN-IBP and the Shi et al. regulariser), the ReLU also computes the regulariser's per-layer
+statistics in the same node (``RecordingIntervalReLU``). All of it computes the same bounds
+up to rounding.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +54,9 @@ class BoundContext:
     affines: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     # layer index of a ReLU -> (lower, upper) pre-activation bounds (filled when recording)
     preact: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # layer index of a ReLU -> the statistics of its pre-activation box that the Shi et al.
+    # regulariser needs (``RecordingIntervalReLU``), filled when recording along with ``preact``
+    relu_stats: dict[int, Tensor] = field(default_factory=dict)
     # layer index of a Conv2d/Linear -> (W', b', |W'|) with the next BatchNorm folded in;
     # filled and read only without autograd (a cached weight would carry no gradient)
     folded: dict[int, tuple[Tensor, Tensor | None, Tensor]] = field(default_factory=dict)
@@ -174,8 +181,10 @@ def propagate(
                 clean = F.relu_(clean) if fresh else F.relu(clean)
             if c is not None:
                 if record_preact:
-                    ctx.preact[i] = (c - r, c + r)
-                c, r = IntervalReLU.apply(c, r, fresh)
+                    c, r, lo, hi, stats = RecordingIntervalReLU.apply(c, r, fresh)
+                    ctx.preact[i], ctx.relu_stats[i] = (lo, hi), stats
+                else:
+                    c, r = IntervalReLU.apply(c, r, fresh)
         elif isinstance(layer, nn.Flatten):
             clean = None if clean is None else layer(clean)
             if c is not None:
@@ -277,6 +286,188 @@ class IntervalReLU(torch.autograd.Function):
         thr(g_lo, lo, 0.0, grad_input=g_lo)
         grad_r_in = torch.sub(g_hi, g_lo, out=g_lo).mul_(0.5)
         return g_hi.sub_(grad_r_in), grad_r_in, None  # (g_hi + g_lo) / 2, (g_hi - g_lo) / 2
+
+
+class RecordingIntervalReLU(torch.autograd.Function):
+    """``IntervalReLU`` that also returns the pre-activation box (lo, hi) = (c - r, c + r) and
+    the statistics of it that the regulariser of Shi et al. 2021 needs, in the same pass.
+
+    ``stats`` = [mean(r), sum(c [lo > 0]) / n, -sum(c [hi < 0]) / n, sum((c - m)^2 [lo > 0]),
+    sum((c - m)^2 [hi < 0])], m = mean(c) over the n units of the layer: the tightness, the
+    mean of the active centres, minus that of the inactive ones, and the (unnormalised)
+    variances of both in ``compute_reg`` of their code, before its scalar arithmetic (done in
+    ``trainers.methods.regularizers``). About twenty passes over c and r that allocate only lo
+    and hi (the scratch space is the output, or c and r themselves when ``inplace``: lo and hi
+    hold the box by then) replace some twenty autograd ops on the recorded bounds, each with a
+    new activation-sized result forward and backward. The backward pass computes the gradient
+    of the statistics and of the ReLU with three new tensors (``IntervalReLU``: two).
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, r: Tensor, inplace: bool = False):
+        ctx.set_materialize_grads(False)
+        if inplace and _compiled_size(c) and c.is_contiguous() and r.is_contiguous():
+            lo, hi, out = _FUSED_FORWARD(c.view(-1), r.view(-1))  # writes the outputs into c, r
+            if out is not None:
+                ctx.mark_dirty(c, r)
+                ctx.save_for_backward(lo.view_as(c), hi.view_as(c), out[5:])
+                return c, r, lo.view_as(c), hi.view_as(c), out[:5]
+        n = c.numel()
+        lo, hi = torch.sub(c, r), torch.add(c, r)
+        m, sum_r = c.mean(), r.sum()
+        if inplace:
+            ctx.mark_dirty(c, r)
+            oc, orr = c, r
+        else:
+            oc, orr = torch.empty_like(c), torch.empty_like(r)
+        _THRESHOLD(c, lo, 0.0, grad_input=orr)  # c on active units (lo > 0), else 0
+        sum_act = orr.sum()
+        _THRESHOLD(orr.sub_(m), lo, 0.0, grad_input=orr)  # c - m on active units
+        dev_act, var_act = orr.sum(), _dot(orr)
+        torch.neg(hi, out=orr)  # > 0 exactly on inactive units (hi < 0)
+        _THRESHOLD(c, orr, 0.0, grad_input=oc)
+        sum_inact = oc.sum()
+        _THRESHOLD(oc.sub_(m), orr, 0.0, grad_input=oc)
+        dev_inact, var_inact = oc.sum(), _dot(oc)
+        # the interval ReLU, with the operations of IntervalReLU
+        c_out, r_out = torch.clamp(hi, min=0, out=oc), torch.clamp(lo, min=0, out=orr)
+        torch.sub(c_out, r_out, out=r_out).mul_(0.5)
+        c_out.sub_(r_out)
+        sums = torch.stack([sum_r, sum_act, sum_inact, var_act, var_inact, m, dev_act, dev_inact])
+        out = sums * sums.new_tensor([1 / n, 1 / n, -1 / n, 1, 1, 1, 1, 1])
+        ctx.save_for_backward(lo, hi, out[5:])
+        return c_out, r_out, lo, hi, out[:5]
+
+    @staticmethod
+    def backward(ctx, g_c, g_r, g_lo, g_hi, g_stats):
+        lo, hi, saved = ctx.saved_tensors
+        if g_lo is None and g_hi is None and None not in (g_c, g_r, g_stats) and _compiled_size(lo):
+            grads = _FUSED_BACKWARD(
+                lo.view(-1), hi.view(-1), g_c.reshape(-1), g_r.reshape(-1), saved, g_stats
+            )
+            if grads[0] is not None:
+                return grads[0].view_as(lo), grads[1].view_as(lo), None
+        zero = lo.new_zeros(()).expand_as(lo)
+        g_c = zero if g_c is None else g_c
+        g_r = zero if g_r is None else g_r
+        if g_stats is None:
+            grad_c, up, down = None, torch.empty_like(lo), torch.empty_like(lo)
+        else:
+            grad_c, up, down = _stats_grad(lo, hi, saved, g_stats)
+        # the interval ReLU as in IntervalReLU.backward (c_out > 0 exactly where hi > 0)
+        _THRESHOLD(torch.add(g_c, g_r, out=up), hi, 0.0, grad_input=up)  # through hi = c + r
+        _THRESHOLD(torch.sub(g_c, g_r, out=down), lo, 0.0, grad_input=down)  # through lo = c - r
+        grad_r = torch.sub(up, down, out=down).mul_(0.5)
+        up.sub_(grad_r)  # (up + down) / 2
+        grad_c = up if grad_c is None else grad_c.add_(up)
+        if g_stats is not None:
+            grad_r.add_(g_stats[0] / lo.numel())
+        if g_lo is not None:  # the recorded bounds
+            grad_c.add_(g_lo)
+            grad_r.sub_(g_lo)
+        if g_hi is not None:
+            grad_c.add_(g_hi)
+            grad_r.add_(g_hi)
+        return grad_c, grad_r, None
+
+
+_THRESHOLD = torch.ops.aten.threshold_backward.grad_input  # out = where(self > threshold, grad, 0)
+
+
+def _dot(t: Tensor) -> Tensor:
+    flat = t.reshape(-1)
+    return torch.dot(flat, flat)
+
+
+def _stats_grad(lo: Tensor, hi: Tensor, saved: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradient with respect to c of ``RecordingIntervalReLU``'s statistics (upstream
+    gradient ``g``), and two free buffers of its size. With d = c - m: d/dc = [lo > 0]
+    (g1 / n + 2 g3 d) + [hi < 0] (-g2 / n + 2 g4 d) + gamma, gamma = -2 / n (g3 sum_act(d) +
+    g4 sum_inact(d)) being the part through m (d/dr = g0 / n is the caller's). The centre is
+    (lo + hi) / 2, so a + b d = (a - b m) + (b / 2) (lo + hi)."""
+    n = lo.numel()
+    m, dev_act, dev_inact = saved.unbind()
+    k = g * g.new_tensor([1 / n, 1 / n, -1 / n, 2, 2])
+    half_b = k[3:] * 0.5  # b / 2 of the active and the inactive part
+    icpt = k[1:3] - k[3:] * m  # a - b m
+    gamma = (k[3:] * torch.stack([dev_act, dev_inact])).sum() / -n
+    s = torch.add(lo, hi)
+    grad = torch.addcmul(icpt[0], s, half_b[0])
+    _THRESHOLD(grad, lo, 0.0, grad_input=grad)  # active units
+    t = torch.addcmul(icpt[1], s, half_b[1])
+    torch.neg(hi, out=s)  # > 0 exactly on inactive units
+    grad.add_(_THRESHOLD(t, s, 0.0, grad_input=t)).add_(gamma)
+    return grad, s, t
+
+
+# Layers of at least this many units use the compiled kernels below on CPU; None: never. On
+# the benchmark's CPU they make CNN7's mid-ramp IBP step 0.93-1.00x the post-ramp one against
+# 1.06x with the eager kernels (4-8M units per layer); the MNIST net's layers (<= 0.4M) stay
+# eager (docs/benchmarks.md, "The fused regulariser").
+COMPILE_MIN_NUMEL: int | None = 1 << 20
+
+
+def _compiled_size(t: Tensor) -> bool:
+    return COMPILE_MIN_NUMEL is not None and t.device.type == "cpu" and t.numel() >= COMPILE_MIN_NUMEL
+
+
+class _Compiled:
+    """``fn`` compiled by ``torch.compile`` (inductor: one C++ loop nest) at its first call. If
+    compiling fails (no C++ compiler, say), it warns once and returns ``fallback`` from then on,
+    and the caller runs the eager kernels."""
+
+    def __init__(self, fn: Callable, fallback: tuple) -> None:
+        self.fn, self.fallback, self.compiled, self.error = fn, fallback, None, None
+
+    def __call__(self, *args):
+        if self.error is not None:
+            return self.fallback
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.fn, dynamic=True)
+            return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 -- any failure of the compiler: run eager instead
+            self.error = f"{type(exc).__name__}: {exc}"[:500]
+            warnings.warn(
+                f"torch.compile of {self.fn.__name__} failed, eager kernels used: {self.error}", stacklevel=2
+            )
+            return self.fallback
+
+
+def _fused_forward(c: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``RecordingIntervalReLU.forward`` on flat c, r as one expression (c, r overwritten with
+    the ReLU's output): (lo, hi, statistics and the saved [m, sum_act(c - m), sum_inact(c - m)])."""
+    n = c.numel()
+    lo, hi = c - r, c + r
+    act, inact = lo > 0, hi < 0
+    m = c.mean()
+    d = c - m
+    sums = [r.sum(), c.where(act, 0).sum(), c.where(inact, 0).sum(), (d * d).where(act, 0).sum()]
+    sums += [(d * d).where(inact, 0).sum(), m, d.where(act, 0).sum(), d.where(inact, 0).sum()]
+    out = torch.stack(sums) * torch.tensor([1 / n, 1 / n, -1 / n, 1, 1, 1, 1, 1], dtype=c.dtype)
+    hi_c, lo_c = hi.clamp(min=0), lo.clamp(min=0)
+    r_out = (hi_c - lo_c) * 0.5
+    c.copy_(hi_c - r_out)
+    r.copy_(r_out)
+    return lo, hi, out
+
+
+def _fused_backward(
+    lo: Tensor, hi: Tensor, g_c: Tensor, g_r: Tensor, saved: Tensor, g: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``RecordingIntervalReLU.backward`` (no gradient of lo, hi) on flat tensors, as one expression."""
+    n = lo.numel()
+    m, dev_act, dev_inact = saved.unbind()
+    up = (g_c + g_r).where(hi > 0, 0)
+    down = (g_c - g_r).where(lo > 0, 0)
+    d = (lo + hi) * 0.5 - m
+    reg = (g[1] / n + 2 * g[3] * d).where(lo > 0, (-g[2] / n + 2 * g[4] * d).where(hi < 0, 0))
+    gamma = -2 / n * (g[3] * dev_act + g[4] * dev_inact)
+    return (up + down) * 0.5 + reg + gamma, (up - down) * 0.5 + g[0] / n
+
+
+_FUSED_FORWARD = _Compiled(_fused_forward, (None, None, None))
+_FUSED_BACKWARD = _Compiled(_fused_backward, (None, None))
 
 
 class ChannelStats(torch.autograd.Function):

@@ -2,6 +2,11 @@
 with short warmup"): bound tightness and ReLU balance, computed from the pre-activation
 bounds of every ReLU recorded during the bound pass. Mirrors ``compute_reg`` of their code
 (tol = 0.5); the caller scales the sum by ``lambda * (1 - eps_max(t) / max_eps)``.
+
+The activation-sized work (the means and variances of the active and inactive centres) is
+done by the bound pass itself when it records (``RecordingIntervalReLU`` in
+``trainers.bounds.engine``, five statistics per ReLU layer, with a hand-written backward);
+what is left here is scalar arithmetic, on all layers at once.
 """
 
 from __future__ import annotations
@@ -18,26 +23,36 @@ def shi_regularizer(ctx: BoundContext, input_radius: Tensor, tol: float = 0.5) -
 
     ``input_radius`` is the radius of the box after the normalisation layer (the first
     layer the bounds see), as in their code where the data are normalised beforehand.
+    ``ctx`` must come from a bound pass with ``record_preact=True``.
     """
-    tight0 = input_radius.mean()
-    loss_tight = input_radius.new_zeros(())
-    loss_relu = input_radius.new_zeros(())
-    n = 0
-    for lower, upper in ctx.preact.values():
-        n += 1
-        center, diff = (upper + lower) / 2, (upper - lower) / 2
-        loss_tight = loss_tight + F.relu(tol - tight0 / diff.mean().clamp(min=1e-12)) / tol
-        active, inactive = (lower > 0).to(center.dtype), (upper < 0).to(center.dtype)
-        mean_act, mean_inact = (center * active).mean(), (center * inactive).mean()
-        delta = (center - center.mean()) ** 2
-        var_act, var_inact = (delta * active).sum(), (delta * inactive).sum()
-        mean_ratio = mean_act / -mean_inact
-        var_ratio = var_act / var_inact
-        mean_ratio = torch.minimum(mean_ratio, 1 / mean_ratio.clamp(min=1e-12))
-        var_ratio = torch.minimum(var_ratio, 1 / var_ratio.clamp(min=1e-12))
-        term = (F.relu(tol - mean_ratio) + F.relu(tol - var_ratio)) / tol
-        if torch.isfinite(term):  # a layer with no (in)active unit has no ratio: skip it
-            loss_relu = loss_relu + term
-    if n == 0:
-        return loss_tight
-    return (loss_tight + loss_relu) / n
+    missing = [i for i in ctx.preact if i not in ctx.relu_stats]
+    if missing:
+        raise ValueError(
+            f"ReLU layers {missing} have pre-activation bounds but no statistics: record them with "
+            "the bound pass (record_preact=True), not by hand"
+        )
+    if not ctx.relu_stats:
+        return input_radius.new_zeros(())
+    # per layer: mean radius, mean of the active centres, minus that of the inactive ones
+    # (both over all units), and the variances of both (RecordingIntervalReLU)
+    stats = torch.stack(list(ctx.relu_stats.values()))
+    loss_tight = F.relu(tol - input_radius.mean() / stats[:, 0].clamp(min=1e-12)) / tol
+    num, den = stats[:, 1::2], stats[:, 2::2]  # the mean ratio and the variance ratio
+    # a layer with no inactive unit (or neither kind) has no ratio: their code skips its
+    # non-finite term. It is found first, then evaluated on stand-in values of ratio 1, so
+    # that no inf or NaN reaches the gradient of the other layers.
+    with torch.no_grad():
+        finite = torch.isfinite(_relu_balance(num, den, tol))
+    keep = finite[:, None]
+    loss_relu = torch.where(
+        finite, _relu_balance(torch.where(keep, num, 1.0), torch.where(keep, den, 1.0), tol), 0.0
+    )
+    return (loss_tight.sum() + loss_relu.sum()) / stats.shape[0]
+
+
+def _relu_balance(num: Tensor, den: Tensor, tol: float) -> Tensor:
+    """L_relu per layer from [L, 2] numerators and denominators of the mean and variance
+    ratios of the active and inactive centres: ratios far from 1 (either way) are penalised."""
+    ratio = num / den
+    ratio = torch.minimum(ratio, 1 / ratio.clamp(min=1e-12))
+    return F.relu(tol - ratio).sum(1) / tol
