@@ -243,6 +243,48 @@ def test_registered_model_reproduces_its_test_accuracy(served_sweep):
         assert res["acr"] == pytest.approx(row["test_acr"], rel=1e-6)
 
 
+def test_recheck_recertifies_and_attacks_every_winner_in_fresh_processes(served_sweep, tmp_path):
+    """python -m orchestrator.recheck: the frontier read from MLflow, each winner's checkpoint
+    re-certified by trainers.verify in a new process, the same figures, no broken certificate."""
+    cfg, rows = served_sweep
+    out = tmp_path / "recheck"
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.recheck",
+        "--sweep",
+        cfg.name,
+        "--tracking-uri",
+        cfg.tracking_uri,
+    ]
+    proc = subprocess.run(
+        [*cmd, "--output-dir", str(out), "--steps", "20", "--restarts", "1"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "recheck.json").read_text())
+    winners = [r for r in rows if r["status"] == "ok"]
+    assert report["ok"] and len(report["winners"]) == len(winners) >= 1
+    for entry, row in zip(report["winners"], winners):
+        assert entry["trial_id"] == row["trial_id"] and entry["matches"] and entry["sound"]
+        assert entry["recomputed"]["test_acc"] == pytest.approx(row["test_acc"], abs=1e-6)
+        assert entry["recomputed"]["test_acr"] == pytest.approx(row["test_acr"], abs=1e-6)
+    # a trial that won several targets is checked once, under its lowest target
+    checked = {e["trial_id"]: e["winner"] for e in reversed(report["winners"])}
+    assert all((out / name / "summary.json").is_file() for name in checked.values())
+    proc = subprocess.run(
+        [*cmd[:4], "nope", *cmd[5:], "--output-dir", str(out)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "invalid --sweep 'nope'" in proc.stderr
+
+
+def test_recheck_compares_every_recorded_figure():
+    from orchestrator.recheck import compare
+
+    row = {"test_acc": 0.9, "test_acr": 0.05, "cert_acc@0.05": 0.6, "val_acc": 0.91}
+    summary = {"clean_acc": 0.9, "acr": 0.0501, "cert_acc": {"0.05": 0.6}}
+    assert compare(row, summary) == pytest.approx({"test_acc": 0.0, "test_acr": 1e-4, "cert_acc@0.05": 0.0})
+
+
 def test_frontier_command_reads_mlflow_alone(served_sweep, tmp_path, capsys):
     from orchestrator import frontier
 
