@@ -165,7 +165,9 @@ def test_registered_model_loads_where_the_project_is_not_installed(tracking_uri,
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not loaded["trainers"].startswith(str(REPO / "trainers")), loaded  # the copy logged with the model
     assert loaded["first"] == "trainers.models"
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
+    # the same weights in another process: equal up to float32 rounding (the CPU kernels' reduction
+    # order may differ between processes, by ~1e-8 here)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-5, atol=1e-7)
 
 
 def test_register_winners_logs_each_winner_once_with_a_real_example(tracking_uri, tmp_path):
