@@ -65,7 +65,9 @@ class SweepConfig:
     )
     trials: int = setting(24, "trial budget per method, shared by all targets")
     epochs: int = same_as(
-        TrainConfig, "epochs", help="epochs per trial (each trial trains this many unless the scheduler stops it early)"
+        TrainConfig,
+        "epochs",
+        help="epochs per trial (each trial trains this many unless the scheduler stops it early)",
     )
     data_dir: str = same_as(TrainConfig, "data_dir")
     download: bool = same_as(TrainConfig, "download")
@@ -254,6 +256,8 @@ class SweepConfig:
         values = {name: getattr(self, name) for name in _SHARED_WITH_TRIALS}
         values["threads"] = self.trial_threads
         values["download"] = False  # the driver fetched the data before the trials (preflight)
+        # trials never touch the test set: only the winners are evaluated on it, after selection
+        values["eval_test_at_end"] = False
         values["method"] = self.methods[0]
         values.update({k: v for k, v in overrides.items() if k not in TRIAL_META_KEYS})
         return TrainConfig.from_dict(values)

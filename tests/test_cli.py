@@ -249,6 +249,7 @@ def test_a_trial_config_is_made_only_by_sweep_trial(in_tmp):
     t = cfg.trial({"method": "crown-ibp", "beta_start": 0.75, "kappa": 0.2, "target": 0.7, "search_phase": 1})
     assert (t.dataset, t.synthetic_size, t.threads, t.val_acr_samples) == ("synthetic", 256, 3, 50)
     assert t.method == "crown-ibp" and t.params.beta_start == 0.75 and t.kappa == 0.2
+    assert not t.download and not t.eval_test_at_end  # only the winners see the test set, after selection
     with pytest.raises(ConfigError, match="'min_eps' for method 'ibp'"):
         cfg.trial({"method": "ibp", "min_eps": 0.01})
 
