@@ -232,9 +232,10 @@ def test_unsupported_layer_and_bad_eps_are_rejected():
         margin_lower(good, torch.rand(2, 1, 3, 4), torch.tensor([0, 1]), torch.zeros(2), "crown")
 
 
-def reference_ibp(model, x, y, eps):
+def reference_ibp(model, x, y, eps, preact: list | None = None):
     """Plain lower/upper IBP with autograd ops only (independent of the engine's folding,
-    fused kernels and hand-written backward passes); BatchNorm from the clean batch."""
+    fused kernels and hand-written backward passes); BatchNorm from the clean batch. Given a
+    list, ``preact`` receives (lower, upper) at the input of every ReLU, in order."""
     lo, hi = (x - eps.view(-1, 1, 1, 1)).clamp(0, 1), (x + eps.view(-1, 1, 1, 1)).clamp(0, 1)
     clean = x
     for layer in list(model)[:-1]:
@@ -258,6 +259,8 @@ def reference_ibp(model, x, y, eps):
             clean = layer(clean)
             lo, hi = op(lo, wp, layer.bias) + op(hi, wn, None), op(hi, wp, layer.bias) + op(lo, wn, None)
         else:
+            if preact is not None and isinstance(layer, nn.ReLU):
+                preact.append((lo, hi))
             clean, lo, hi = layer(clean), layer(lo), layer(hi)
     last = model[-1]
     others = other_classes(y, last.out_features)

@@ -10,15 +10,14 @@ an active or an inactive unit (whose term the reference skips as non-finite).
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_bounds import reference_ibp
 from trainers.bounds import engine
-from trainers.bounds.engine import BoundContext, input_box, joint_ibp, other_classes
+from trainers.bounds.engine import BoundContext, input_box, joint_ibp
 from trainers.methods.regularizers import shi_regularizer
 from trainers.models import Normalize, build_model, ibp_init
 
@@ -50,38 +49,10 @@ def reference_shi_regularizer(preact: list[tuple[torch.Tensor, torch.Tensor]], i
 
 
 def reference_pass(model: nn.Sequential, x, y, eps):
-    """Plain autograd IBP in lower/upper form (BatchNorm from the clean batch), independent of
-    the engine: (margin lower bounds, [(lower, upper) at the input of every ReLU])."""
-    lo, hi = input_box(x, eps)
-    clean, preact = x, []
-    for layer in list(model)[:-1]:
-        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            dims = [0, *range(2, clean.dim())]
-            mean, var = clean.mean(dims), clean.var(dims, unbiased=False)
-            view = (1, -1) + (1,) * (clean.dim() - 2)
-            scale = (layer.weight / torch.sqrt(var + layer.eps)).view(view)
-            shift = layer.bias.view(view) - mean.view(view) * scale
-            clean = clean * scale + shift
-            lo, hi = (
-                torch.minimum(lo * scale, hi * scale) + shift,
-                torch.maximum(lo * scale, hi * scale) + shift,
-            )
-        elif isinstance(layer, (nn.Conv2d, nn.Linear)):
-            wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-            op = F.linear
-            if isinstance(layer, nn.Conv2d):
-                op = functools.partial(F.conv2d, stride=layer.stride, padding=layer.padding)
-            clean = layer(clean)
-            lo, hi = op(lo, wp, layer.bias) + op(hi, wn, None), op(hi, wp, layer.bias) + op(lo, wn, None)
-        else:
-            if isinstance(layer, nn.ReLU):
-                preact.append((lo, hi))
-            clean, lo, hi = layer(clean), layer(lo), layer(hi)
-    last = model[-1]
-    others = other_classes(y, last.out_features)
-    wd = last.weight[y][:, None, :] - last.weight[others]
-    bd = last.bias[y][:, None] - last.bias[others]
-    return bd + (wd.clamp(min=0) * lo[:, None, :] + wd.clamp(max=0) * hi[:, None, :]).sum(-1), preact
+    """Plain autograd IBP in lower/upper form (tests.test_bounds.reference_ibp, independent of
+    the engine): (margin lower bounds, [(lower, upper) at the input of every ReLU])."""
+    preact: list = []
+    return reference_ibp(model, x, y, eps, preact), preact
 
 
 def input_radius(model, x, eps):
