@@ -14,6 +14,7 @@ from trainers.methods.acert import adaptive_radii
 from trainers.models import build_model, load_model
 from trainers.train import (
     DivergedError,
+    StopRequested,
     build_optimizer,
     l1_norm,
     main,
@@ -85,6 +86,43 @@ def test_training_is_deterministic_and_resume_reproduces_an_uninterrupted_run(tm
         cfg, output_dir=tmp_path / "c", on_epoch=lambda m, o: epochs.append(m["epoch"]), log=quiet
     )
     assert epochs == [3]
+    for key in ("train_loss", "val_acc", "val_acr", "test_acr"):
+        assert resumed[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7)
+
+
+def test_a_stop_request_drops_the_epoch_in_progress_and_resume_reproduces_the_run(tmp_path):
+    """should_stop (a trial's SIGTERM) ends the loop between two steps; output_dir keeps the last
+    finished epoch, and training on from it gives the uninterrupted run's figures."""
+    cfg = TrainConfig(method="acert", **QUICK)
+    ref = run_training(cfg, output_dir=tmp_path / "a", log=quiet)
+    steps_per_epoch = 512 // 64 - (512 // 64) // 10  # a lower bound: the training split is < 512
+    asked = []
+
+    def stop_in_epoch_two():
+        asked.append(1)
+        return len(asked) > steps_per_epoch + 2  # a few steps into the second epoch
+
+    reported = []
+    with pytest.raises(StopRequested) as e:
+        run_training(
+            cfg,
+            output_dir=tmp_path / "b",
+            on_epoch=lambda m, o: reported.append(m["epoch"]),
+            should_stop=stop_in_epoch_two,
+            log=quiet,
+        )
+    assert e.value.epoch == 1 and reported == [1]
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["epoch"] == 1
+    epochs = []
+    splits = cfg.load_splits()  # handed in, as a reused trial process does
+    resumed = run_training(
+        cfg,
+        output_dir=tmp_path / "b",
+        on_epoch=lambda m, o: epochs.append(m["epoch"]),
+        splits=splits,
+        log=quiet,
+    )
+    assert epochs == [2, 3]
     for key in ("train_loss", "val_acc", "val_acr", "test_acr"):
         assert resumed[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7)
 

@@ -37,6 +37,15 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite: the trial ends as FAILED with this message."""
 
 
+class StopRequested(Exception):
+    """``should_stop`` said yes between two steps (a preempted trial): the epoch in progress is
+    dropped and ``output_dir`` still holds the last finished one (``.epoch``, 0 if none)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"stop requested during epoch {epoch + 1}; {epoch} finished")
+        self.epoch = epoch
+
+
 def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequential:
     spec = splits.spec
     model = build_model(
@@ -163,15 +172,21 @@ def run_training(
     on_epoch: EpochCallback | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
+    splits: Splits | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``output_dir``; resumes from ``output_dir/state.pt`` when present."""
+    """Train ``cfg`` into ``output_dir``; resumes from ``output_dir/state.pt`` when present.
+
+    ``splits``: the data ``cfg.load_splits()`` would load, already loaded (a reused trial
+    process keeps it). ``should_stop`` is asked before every step; a yes raises
+    :class:`StopRequested` with ``output_dir`` at the last finished epoch."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    splits = cfg.load_splits()
+    splits = splits if splits is not None else cfg.load_splits()
     model = build(cfg, splits, device)
     steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
     method = build_method(cfg, steps_per_epoch)
@@ -187,7 +202,9 @@ def run_training(
             method.load_state_dict(state["method"])
         log(f"resuming {out} after epoch {start}")
     for epoch in range(start, cfg.epochs):
-        metrics = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, splits.spec.augment)
+        metrics = train_epoch(
+            model, method, opt, sched, splits, cfg, epoch, device, splits.spec.augment, should_stop
+        )
         metrics.update(validate(model, splits, cfg, device, "val"))
         if epoch == cfg.epochs - 1:
             if cfg.eval_test_at_end:
@@ -235,7 +252,16 @@ def train_step(
 
 
 def train_epoch(
-    model, method, opt, sched, splits: Splits, cfg: TrainConfig, epoch: int, device, augment: bool
+    model,
+    method,
+    opt,
+    sched,
+    splits: Splits,
+    cfg: TrainConfig,
+    epoch: int,
+    device,
+    augment: bool,
+    should_stop: Callable[[], bool] | None = None,
 ):
     t0 = time.perf_counter()
     model.train()
@@ -252,6 +278,8 @@ def train_epoch(
         with_index=True,
     )
     for i, (x, y, idx) in enumerate(batches):
+        if should_stop is not None and should_stop():
+            raise StopRequested(epoch)
         step = epoch * method.steps_per_epoch + i
         res, loss = train_step(
             model, method, opt, sched, x, y, step, grad_clip=cfg.grad_clip, idx=idx, l1=cfg.l1
