@@ -2,9 +2,11 @@
 (Ray Tune + the Optuna TargetSearcher + MLflow) against the same K trainings in a plain loop.
 
     python -m bench.sweep [--trials 4] [--trial-seconds 20] [--dataset fashion-mnist]
+                          [--checkpoint-every N] [--no-reuse-actors]
 
 The sweep is ``orchestrator.sweep.run_sweep``, exactly as ``python -m orchestrator.sweep``
-runs it (trial reports and checkpoints every epoch, MLflow child runs, the winner's test
+runs it (trial reports every epoch, checkpoints every ``--checkpoint-every`` epochs and at the
+end, trial processes reused unless ``--no-reuse-actors``, MLflow child runs, the winner's test
 evaluation and the frontier artifacts at the end), with one change: a search space whose
 trials all train for the same number of epochs (it tunes only kappa, which does not change
 the cost of an IBP step), so that the trials are comparable with a plain loop. The plain
@@ -101,6 +103,8 @@ def sweep_config(
         test_samples=args.test_samples,
         seed=args.seed,
         register_models=False,
+        checkpoint_every=args.checkpoint_every,
+        reuse_actors=args.reuse_actors,
     )
 
 
@@ -219,6 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plain = median(times["plain"])
     return {
         "trials": args.trials,
+        "checkpoint_every": args.checkpoint_every,
+        "reuse_actors": args.reuse_actors,
         "epochs_per_trial": epochs,
         "trial_seconds_target": args.trial_seconds,
         "seconds_per_epoch": per_epoch,
@@ -255,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-size", type=int, default=2048)
     p.add_argument("--val-acr-samples", type=int, default=100)
     p.add_argument("--test-samples", type=int, default=200)
+    p.add_argument("--checkpoint-every", type=int, default=1, help="the sweep's --checkpoint-every")
+    p.add_argument(
+        "--reuse-actors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the sweep's --reuse-actors (--no-reuse-actors: a fresh process per trial)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.trials, args.trial_seconds, args.dataset = 2, 0.5, "synthetic"

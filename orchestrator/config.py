@@ -97,6 +97,16 @@ class SweepConfig:
         TrainConfig, "seed", help="seed of the search and of every trial (fixes the validation split)"
     )
     max_failures: int = setting(1, "retries of a crashed trial from its checkpoint")
+    checkpoint_every: int = setting(
+        1,
+        "a trial saves a checkpoint every N epochs; also at its last epoch, at every ASHA milestone "
+        "(where it may be stopped) and on SIGTERM (a preempted trial keeps its last finished epoch)",
+    )
+    reuse_actors: bool = setting(
+        True,
+        "start the next trial in the process of a finished one (torch, the trainers and the loaded "
+        "data set stay loaded); --no-reuse-actors: a fresh process per trial",
+    )
     device: str = same_as(TrainConfig, "device")
     model: str | None = same_as(TrainConfig, "model")
     threads: int | None = same_as(
@@ -185,6 +195,7 @@ class SweepConfig:
             "--epochs": (self.epochs, 1),
             "--max-concurrent": (self.max_concurrent, 1),
             "--max-failures": (self.max_failures, 0),
+            "--checkpoint-every": (self.checkpoint_every, 1),
             "--grace-epochs": (self.grace_epochs, 1),
             "--synthetic-size": (self.synthetic_size, 16),
             "--val-acr-samples": (self.val_acr_samples, 1),
@@ -221,6 +232,18 @@ class SweepConfig:
     @property
     def trial_threads(self) -> int:
         return self.threads or max(1, int(self.cpus_per_trial))
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether a trial saves a checkpoint after ``epoch`` (1-based; the trainable also saves
+        at a trial's last epoch): every ``checkpoint_every`` epochs and at every ASHA milestone,
+        so that a trial the scheduler stops ends on a checkpoint of the epoch it was judged at."""
+        if epoch % self.checkpoint_every == 0:
+            return True
+        if self.scheduler != "asha":
+            return False
+        from orchestrator.scheduler import REDUCTION_FACTOR, milestones
+
+        return epoch in milestones(self.grace_epochs, self.epochs, REDUCTION_FACTOR)
 
     @property
     def spec(self):

@@ -27,6 +27,8 @@ from trainers import metrics as M
 from trainers.config import TrainConfig
 
 TEST_CACHE = "test_eval.json"
+# Tune adds it to every result: the checkpoint reported with that result, or None
+CHECKPOINT_DIR = "checkpoint_dir_name"
 
 
 @dataclass
@@ -38,13 +40,33 @@ class MethodResults:
     checkpoints: dict[str, Any] = field(default_factory=dict)
 
 
+def checkpointed_metrics(result: Any) -> dict[str, Any]:
+    """The metrics of the epoch a trial's latest checkpoint holds. Trials checkpoint every
+    ``--checkpoint-every`` epochs, at their last one and where the scheduler may stop them, so
+    these are their last metrics, except for a trial interrupted between two checkpoints: it is
+    judged by the model that was saved, not by a later epoch nobody can evaluate."""
+    metrics = result.metrics or {}
+    if result.checkpoint is None:
+        return metrics
+    name = Path(result.checkpoint.path).name
+    if metrics.get(CHECKPOINT_DIR) == name:
+        return metrics
+    df = result.metrics_dataframe
+    if df is not None and CHECKPOINT_DIR in df:
+        rows = df[df[CHECKPOINT_DIR] == name]
+        if len(rows):
+            return rows.iloc[-1].to_dict()
+    return {}
+
+
 def collect_points(grid: Any, method: str) -> MethodResults:
-    """ResultGrid -> TrialPoints. A trial that errored or never reported a finite result is
-    kept as failed: it is plotted nowhere but counted in the trial totals."""
+    """ResultGrid -> TrialPoints, measured at each trial's latest checkpoint. A trial that
+    errored or never reported a finite result is kept as failed: it is plotted nowhere but
+    counted in the trial totals."""
     out = MethodResults(method)
     for result in grid:
-        metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(result.path).name
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        metrics = checkpointed_metrics(result)
         m = measured(metrics, M.VAL_ACR)
         acc, acr = m if m else (math.nan, math.nan)
         config = {k: v for k, v in (result.config or {}).items()}
@@ -55,8 +77,8 @@ def collect_points(grid: Any, method: str) -> MethodResults:
 
 
 def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dict[str, float]:
-    """Test-set clean accuracy, ACR and certified accuracy of a trial's checkpoint (runs as a
-    Ray task so it gets the trial's resources, e.g. a GPU, wherever the checkpoint lives)."""
+    """Test-set clean accuracy, ACR and certified accuracy of a trial's checkpoint, with the
+    trial's thread count (restored afterwards: it may run in the driver)."""
     import torch
 
     from trainers.certify import evaluate
@@ -64,21 +86,25 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
 
     with checkpoint.as_directory() as d:
         model, meta = load_model(Path(d) / "model.pt")
-    torch.set_num_threads(train.threads or torch.get_num_threads())
-    splits = train.load_splits(train_subset=None)  # the whole test split, whatever the training subset
-    n = train.test_samples or splits.x_test.shape[0]
-    spec, dev = splits.spec, pick_device(device)
-    res = evaluate(
-        model.to(dev),
-        splits.x_test[:n],
-        splits.y_test[:n],
-        eps_cap=spec.eps_cap,
-        cert_eps=spec.cert_eps,
-        max_eps=spec.max_eps,
-        method=train.cert_method,
-        rel_tol=train.cert_rel_tol,
-        device=dev,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train.threads or threads)
+    try:
+        splits = train.load_splits(train_subset=None)  # the whole test split, whatever the training subset
+        n = train.test_samples or splits.x_test.shape[0]
+        spec, dev = splits.spec, pick_device(device)
+        res = evaluate(
+            model.to(dev),
+            splits.x_test[:n],
+            splits.y_test[:n],
+            eps_cap=spec.eps_cap,
+            cert_eps=spec.cert_eps,
+            max_eps=spec.max_eps,
+            method=train.cert_method,
+            rel_tol=train.cert_rel_tol,
+            device=dev,
+        )
+    finally:
+        torch.set_num_threads(threads)
     out = {
         M.TEST_ACC: res["clean_acc"],
         M.TEST_ACR: res[M.ACR],
@@ -93,13 +119,22 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
 
 def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> dict[str, dict[str, float]]:
     """trial id -> test figures, for every winner (trial id -> (checkpoint, trial config)) not
-    already in the sweep's cache. Each winner is evaluated with its trial's TrainConfig."""
+    already in the sweep's cache. Each winner is evaluated with its trial's TrainConfig.
+
+    With local Ray the driver evaluates them itself: it has torch, the trainers, the data and
+    the trials' devices already (a Ray task would first start a process and import them all).
+    On a cluster each is a Ray task with a trial's resources, e.g. a GPU, wherever the
+    checkpoint lives."""
     import ray
 
     cache_uri = f"{cfg.sweep_dir}/{TEST_CACHE}"
     cache = json.loads(read_text(cache_uri) or "{}")
     todo = {t: w for t, w in winners.items() if t not in cache}
-    if todo:
+    if todo and cfg.address is None:
+        for t, (ck, config) in todo.items():
+            cache[t] = evaluate_checkpoint(ck, cfg.trial(config), cfg.device)
+            write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
+    elif todo:
         task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)(evaluate_checkpoint)
         refs = {t: task.remote(ck, cfg.trial(config), cfg.device) for t, (ck, config) in todo.items()}
         for t, ref in refs.items():

@@ -37,6 +37,9 @@ from trainers.metrics import EPOCH, VAL_ACC, VAL_ACR
 SHARE_MARGIN = 0.02  # as orchestrator.searcher.SHARE_MARGIN (not imported: no Optuna here)
 
 
+REDUCTION_FACTOR = 2.0  # ASHA's: the rungs are grace_epochs * 2**i epochs
+
+
 def milestones(grace_epochs: int, max_epochs: int, reduction_factor: float) -> list[int]:
     """The epochs at which trials are judged: grace, grace * rf, ... below ``max_epochs``."""
     out, t = [], float(grace_epochs)
@@ -57,7 +60,7 @@ class PenalisedASHA(FIFOScheduler):
         grace_epochs: int,
         ref_eps: float,
         penalty: float,
-        reduction_factor: float = 2.0,
+        reduction_factor: float = REDUCTION_FACTOR,
         targets: tuple[float, ...] = (),
         share_margin: float = SHARE_MARGIN,
     ) -> None:

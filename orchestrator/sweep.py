@@ -151,6 +151,7 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
             scheduler=scheduler,
             num_samples=cfg.trials,
             max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=cfg.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=method,
@@ -180,6 +181,17 @@ def init_ray(cfg: SweepConfig) -> bool:
             log_to_driver=True,
         )
     return True
+
+
+def unfinished_trials(grid: Any) -> list[str]:
+    """Trials a Ctrl+C left behind: neither done (Tune marks the last result of a finished trial
+    and of one the scheduler stopped ``done``) nor failed; trials never started count too."""
+    return [Path(r.path).name for r in grid if r.error is None and not (r.metrics or {}).get("done")]
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ray Tune ended a method's search on SIGINT (it saves its state and returns): the sweep
+    stops there too, without publishing a frontier of unfinished searches."""
 
 
 # --- the whole sweep --------------------------------------------------------------------
@@ -219,6 +231,11 @@ def run_sweep(
             grid = tuner.fit()
             if on_fit is not None:
                 on_fit(method, grid, time.perf_counter() - t0)
+            left = unfinished_trials(grid)
+            if left:
+                raise SweepInterrupted(
+                    f"the {method} search was interrupted with {len(left)} trial(s) unfinished"
+                )
             points[method] = collect_points(grid, method)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
         kill_point("after-trials")
@@ -248,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from orchestrator.evaluation import format_table
 
-    rows = run_sweep(cfg)
+    try:
+        rows = run_sweep(cfg)
+    except KeyboardInterrupt as e:
+        why = str(e) or "interrupted"
+        print(f"sweep {cfg.name}: {why}; nothing is lost, continue with --resume {cfg.name}", file=sys.stderr)
+        return 130
     print(format_table(rows), flush=True)
     print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}", flush=True)
     return 0

@@ -5,11 +5,15 @@ started here on 127.0.0.1 (SQLite backend, local artifacts); the failure-injecti
 to a SQLite file, so both tracking paths are exercised.
 """
 
+import collections
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -300,6 +304,75 @@ def test_frontier_command_reads_mlflow_alone(served_sweep, tmp_path, capsys):
     assert (tmp_path / "fr.png").stat().st_size > 1000
     page = (tmp_path / "fr.html").read_text()
     assert "Plotly.newPlot(" in page and '"name":"acert"' in page
+
+
+def trial_results(cfg, method):
+    """Every result Tune recorded, per trial folder (the rows of its result.json)."""
+    out = {}
+    for f in sorted(Path(cfg.sweep_dir, method).glob("*/result.json")):
+        out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+def test_trials_run_in_reused_processes(served_sweep):
+    """reuse_actors: a finished trial's process runs the next one (no new process importing
+    torch and loading the data per trial)."""
+    cfg, _ = served_sweep
+    pids = {r["pid"] for rows in trial_results(cfg, "acert").values() for r in rows}
+    assert len(trial_results(cfg, "acert")) == cfg.trials
+    assert len(pids) <= cfg.max_concurrent, pids
+
+
+def test_a_preempted_trial_keeps_its_last_finished_epoch(ray_session, tmp_path):
+    """SIGTERM to a trial's process between two checkpoints (--checkpoint-every beyond the
+    trial's length): the trial saves its last finished epoch, its process ends, and Tune's retry
+    trains on from that epoch in a fresh process; no reported epoch is trained twice."""
+    cfg = small_config(
+        tmp_path,
+        "preempt",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        trials=1,
+        epochs=25,
+        accs=(0.5,),
+        scheduler="none",
+        checkpoint_every=100,
+        max_failures=1,
+        max_concurrent=1,
+        val_acr_samples=20,
+        register_models=False,
+    )
+    signalled: dict = {}
+    stop = threading.Event()
+
+    def preempt():
+        while not stop.is_set():
+            for rows in trial_results(cfg, "acert").values():
+                if rows and rows[-1]["epoch"] >= 2:
+                    signalled.update(pid=rows[-1]["pid"], epoch=rows[-1]["epoch"])
+                    os.kill(signalled["pid"], signal.SIGTERM)
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=preempt, daemon=True)
+    watcher.start()
+    try:
+        rows = run_sweep(cfg)
+    finally:
+        stop.set()
+    assert signalled, "the trial ended before it could be signalled"
+    (trial,) = trial_results(cfg, "acert").values()
+    assert len({r["pid"] for r in trial}) == 2  # the retry ran in a fresh process
+    times = collections.defaultdict(set)
+    for r in trial:
+        times[r["epoch"]].add(r["epoch_time_s"])
+    assert sorted(times) == list(range(1, 26))
+    assert all(len(t) == 1 for t in times.values()), times  # reported once, or again unchanged
+    saved = [r["epoch"] for r in trial if r["checkpoint_dir_name"]]
+    assert saved[0] >= signalled["epoch"] and saved[-1] == 25  # the preemption's, the last epoch's
+    assert len(saved) == 2
+    (child,) = runs_of(cfg, "trial")
+    assert child.info.status == "FINISHED"
+    assert rows[0]["status"] in ("ok", "infeasible")
 
 
 def failing_space(trial, ctx):

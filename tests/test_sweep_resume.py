@@ -174,3 +174,63 @@ def test_kills_in_the_closing_work_resume_to_one_record_each(tmp_path):
     logged = MlflowClient(new_uri).search_logged_models([exp])
     names = [m.name for m in logged]
     assert len(names) == len(set(names)) == len(rows)  # no second upload of a winner
+
+
+def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
+    """SIGINT (Ctrl+C) during the first method's search: Ray Tune saves and ends that search,
+    and the sweep stops there (exit 130, the resume command printed) instead of going on to the
+    next method and publishing a frontier of an unfinished search; --resume then finishes both."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("RAY_ADDRESS", None)
+    argv = ["--dataset", "synthetic", "--accs", "0.5", "--methods", "acert,ibp", "--trials", "4",
+            "--epochs", "8", "--name", "k3", "--synthetic-size", "512", "--val-acr-samples", "50",
+            "--max-concurrent", "2", "--threads", "1", "--scheduler", "none", "--no-register"]  # fmt: skip
+    log = tmp_path / "driver.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.sweep", *argv],
+            cwd=tmp_path,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and "[acert] trial " not in log.read_text():
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl+C reaches Python
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "continue with --resume k3" in text
+    assert "[ibp]" not in text  # the next method did not start
+    sweep = tmp_path / "sweeps" / "k3"
+    assert not (sweep / "frontier.json").exists() and not (sweep / "ibp").exists()
+    c, runs = child_runs(uri)
+    (parent,) = c.search_runs([runs[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
+    assert parent.info.status == "KILLED"
+
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--resume", "k3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    c, runs = child_runs(uri)
+    recorded = [r for r in runs if r.info.status != "KILLED"]
+    methods = sorted(r.data.params["method"] for r in recorded)
+    assert methods == ["acert"] * 4 + ["ibp"] * 4, methods
+    for r in recorded:
+        steps = [s for s, _ in history(c, r)]
+        assert steps == sorted(set(steps)) and steps[-1] == 8, "an epoch lost or logged twice"
+    frontier = json.loads((sweep / "frontier.json").read_text())
+    assert {r["method"] for r in frontier} == {"acert", "ibp"}
