@@ -1,8 +1,13 @@
 """The worker pods' preStop hook, run here as Kubernetes runs it: it sends SIGTERM to the trial
-processes (Tune's ``ray::ImplicitFunc``) and to nothing else, and waits for them to end."""
+processes (Tune's ``ray::ImplicitFunc``) and to nothing else, and waits for them to end.
+
+The hook matches every process of the machine whose title starts with its pattern, so the test
+runs it with the pattern made unique to this test: a sweep running beside the tests keeps its
+trials (the first version of this test, with the real pattern, preempted them)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -30,9 +35,12 @@ def process(title: str) -> subprocess.Popen:
 def test_the_prestop_hook_terminates_the_trial_processes_only():
     spec = worker_pod_spec()
     (container,) = spec["containers"]
-    command = container["lifecycle"]["preStop"]["exec"]["command"]
-    trials = [process("ray::ImplicitFunc.train"), process("ray::ImplicitFunc")]
-    other = process("ray::DashboardAgent")
+    shell, flag, script = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert script.count('"ray::ImplicitFunc"*)') == 1
+    mine = f"ray::ImplicitFunc-test{os.getpid()}"
+    command = [shell, flag, script.replace('"ray::ImplicitFunc"*)', f'"{mine}"*)')]
+    trials = [process(f"{mine}.train"), process(mine)]
+    other = process(f"ray::DashboardAgent-test{os.getpid()}")
     try:
         time.sleep(1.0)  # the stand-ins have set their handlers
         t0 = time.monotonic()
