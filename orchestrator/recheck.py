@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-6, help="largest accepted difference of a figure")
     p.add_argument("--steps", type=int, default=50, help="PGD steps per restart")
     p.add_argument("--restarts", type=int, default=3, help="PGD random restarts")
+    p.add_argument(
+        "--methods", default="", help="only these methods' winners, comma-separated (default: every method's)"
+    )
     return p
 
 
@@ -159,13 +162,19 @@ def recheck(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     cfg = SweepConfig.from_dict(json.loads((sweep_dir / SWEEP_FILE).read_text()))
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
+    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = sorted(methods - {row["method"] for row in rows})
+    if unknown:
+        raise RecheckError(
+            f"invalid --methods {args.methods!r}: {unknown[0]} is not a method of {args.sweep}"
+        )
     report, ok, checked = (
         [],
         True,
         {},
     )  # trial id -> summary: a trial that won several targets is checked once
     for row in rows:
-        if row.get("status") != "ok":
+        if row.get("status") != "ok" or (methods and row["method"] not in methods):
             continue
         name = f"{row['method']}-acc{format_target(row['target'])}"
         train = cfg.trial(row["config"])

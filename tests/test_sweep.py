@@ -279,6 +279,10 @@ def test_recheck_recertifies_and_attacks_every_winner_in_fresh_processes(served_
         [*cmd[:4], "nope", *cmd[5:], "--output-dir", str(out)], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "invalid --sweep 'nope'" in proc.stderr
+    proc = subprocess.run(
+        [*cmd, "--output-dir", str(out), "--methods", "acert,ibp"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "invalid --methods 'acert,ibp': ibp is not a method of" in proc.stderr
 
 
 def test_recheck_compares_every_recorded_figure():
