@@ -330,14 +330,20 @@ def test_trials_run_in_reused_processes(served_sweep):
 def test_a_preempted_trial_keeps_its_last_finished_epoch(ray_session, tmp_path):
     """SIGTERM to a trial's process between two checkpoints (--checkpoint-every beyond the
     trial's length): the trial saves its last finished epoch, its process ends, and Tune's retry
-    trains on from that epoch in a fresh process; no reported epoch is trained twice."""
+    trains on from that epoch in a fresh process; no reported epoch is trained twice. The trial
+    is IBP with a sleep in every step (tests/slow_method.py: >= 0.2 s per epoch on any machine),
+    so that it is still training when the signal comes."""
+    from tests.slow_method import NAME
+
     cfg = small_config(
         tmp_path,
         "preempt",
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         trials=1,
-        epochs=25,
+        epochs=20,
         accs=(0.5,),
+        methods=(NAME,),
+        plugins=("tests.slow_method",),
         scheduler="none",
         checkpoint_every=100,
         max_failures=1,
@@ -350,7 +356,7 @@ def test_a_preempted_trial_keeps_its_last_finished_epoch(ray_session, tmp_path):
 
     def preempt():
         while not stop.is_set():
-            for rows in trial_results(cfg, "acert").values():
+            for rows in trial_results(cfg, NAME).values():
                 if rows and rows[-1]["epoch"] >= 2:
                     signalled.update(pid=rows[-1]["pid"], epoch=rows[-1]["epoch"])
                     os.kill(signalled["pid"], signal.SIGTERM)
@@ -364,15 +370,15 @@ def test_a_preempted_trial_keeps_its_last_finished_epoch(ray_session, tmp_path):
     finally:
         stop.set()
     assert signalled, "the trial ended before it could be signalled"
-    (trial,) = trial_results(cfg, "acert").values()
+    (trial,) = trial_results(cfg, NAME).values()
     assert len({r["pid"] for r in trial}) == 2  # the retry ran in a fresh process
     times = collections.defaultdict(set)
     for r in trial:
         times[r["epoch"]].add(r["epoch_time_s"])
-    assert sorted(times) == list(range(1, 26))
+    assert sorted(times) == list(range(1, 21))
     assert all(len(t) == 1 for t in times.values()), times  # reported once, or again unchanged
     saved = [r["epoch"] for r in trial if r["checkpoint_dir_name"]]
-    assert saved[0] >= signalled["epoch"] and saved[-1] == 25  # the preemption's, the last epoch's
+    assert saved[0] >= signalled["epoch"] and saved[-1] == 20  # the preemption's, the last epoch's
     assert len(saved) == 2
     (child,) = runs_of(cfg, "trial")
     assert child.info.status == "FINISHED"
