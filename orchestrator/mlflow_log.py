@@ -253,18 +253,22 @@ class SweepTracker:
         )
 
     def close_unrecorded(self, method: str, known_trial_ids: set[str]) -> int:
-        """Mark KILLED the child runs of trials Ray does not know (started, then lost with a
-        killed driver before its state was saved); returns how many."""
+        """Mark KILLED the child runs of trials Ray does not know: started, then lost with a
+        killed driver before its state was saved. Such a trial may even have finished (a short
+        trial fits in Tune's 2-s save period): Ray ran a replacement, so its run is not part of
+        the sweep's record whatever its status. Returns how many."""
         n = 0
         for run in self.trial_runs():
             tags = run.data.tags
             if (
                 tags.get(TAG_METHOD) == method
-                and run.info.status == "RUNNING"
+                and run.info.status != "KILLED"
                 and tags.get(TAG_TRIAL) not in known_trial_ids
             ):
                 self.end_trial(
-                    run.info.run_id, status="KILLED", reason="driver killed before Ray recorded this trial"
+                    run.info.run_id,
+                    status="KILLED",
+                    reason=f"driver killed before Ray recorded this trial (it was {run.info.status})",
                 )
                 n += 1
         return n

@@ -16,6 +16,7 @@ import pytest
 from orchestrator.mlflow_log import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    TAG_REASON,
     SweepTracker,
     experiment_name,
     input_example,
@@ -217,3 +218,19 @@ def test_register_winners_logs_each_winner_once_with_a_real_example(tracking_uri
     example = Model.load(local).load_input_example(local)
     splits = load_splits("synthetic", synthetic_size=64, seed=5, data_dir=str(tmp_path))
     np.testing.assert_array_equal(example, splits.x_val[:1].numpy())
+
+
+def test_runs_of_trials_ray_lost_are_closed_whatever_their_status(tracking_uri):
+    """A driver killed within Tune's 2-s save period may lose a trial that had started, or even
+    finished (short trials): Ray runs a replacement, so the lost run leaves the record (KILLED)."""
+    tracker = SweepTracker(tracking_uri, "synthetic", "lost")
+    runs = {t: tracker.trial_run(t, "ibp", {"method": "ibp"}) for t in ("kept", "finished", "running")}
+    runs["other"] = tracker.trial_run("other", "acert", {"method": "acert"})  # another method's
+    for t in ("kept", "finished"):
+        tracker.end_trial(runs[t], status="FINISHED")
+    assert tracker.close_unrecorded("ibp", {"kept"}) == 2
+    c = client_of(tracking_uri)
+    status = {t: c.get_run(r).info.status for t, r in runs.items()}
+    assert status == {"kept": "FINISHED", "finished": "KILLED", "running": "KILLED", "other": "RUNNING"}
+    assert "it was FINISHED" in c.get_run(runs["finished"]).data.tags[TAG_REASON]
+    assert tracker.close_unrecorded("ibp", {"kept"}) == 0  # once
