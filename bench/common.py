@@ -174,13 +174,28 @@ def acert_pretrained(model: nn.Sequential, splits, cfg, epochs: int, device: tor
     from trainers.train import train_epoch
 
     steps = -(-splits.x_train.shape[0] // cfg.batch_size)
-    method = build_method(cfg.replace(method="acert"), steps)
+    method = build_method(cfg.replace(method="acert", radius_solver="exact"), steps)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     res: dict = {}
     for epoch in range(epochs):
         res = train_epoch(model, method, opt, sched, splits, cfg, epoch, device, augment=False)
     return res
+
+
+def warm_settings(text: str) -> dict[str, Any]:
+    """``"warm_overshoot=0.5,warm_at_cap=false"`` -> the warm radius solver's settings, typed."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
 
 
 class EvalCounter:

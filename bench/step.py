@@ -205,7 +205,7 @@ def bench_config(
         batch_size=batch,
         kappa=KAPPA[dataset],
         device=device.type,
-    )
+    ).replace(radius_solver="exact")  # the paper's solver: one step has no carried radii
     acc = pretrain(model, cfg, x, y, max_steps=args.pretrain_steps)
     final_step = EPOCHS * STEPS_PER_EPOCH - 1
     step = (STD_EPOCHS + RAMP_EPOCHS // 2) * STEPS_PER_EPOCH if args.phase == "ramp" else final_step

@@ -2,17 +2,20 @@
 
 Every sample is trained at its own radius eps_i: its current certified radius under the
 model, i.e. the root of R(x_i, eps) = 0 with R the smallest IBP margin lower bound, capped
-at eps_max(t) (the radius-growth schedule) and 0 for misclassified samples. The roots are
-found per batch, without gradients, by the vectorised bracketing solver of
-``trainers.rootfind`` (the paper uses Brent's method, ~10 iterations). The loss is
+at eps_max(t) (the radius-growth schedule) and 0 for misclassified samples. The paper finds
+the roots per batch, without gradients, with Brent's method (~10 iterations): here
+``radius_solver=exact``, the vectorised bracketing solver of ``trainers.rootfind``. The default,
+``warm`` (:class:`WarmRadius`), carries each sample's radius across epochs and updates it from
+the loss's own pass; it trains as well as the exact solver at 1.1x an IBP epoch instead of
+2x (docs/benchmarks.md §2b). The loss is
 (1 - kappa) * L_rob(x, eps_i) + kappa * L_std(x), plus the Shi et al. regularisers during the
 ramp, when eps_i may be floored at ``min_eps``.
 
 BatchNorm (train mode): the clean-batch statistics are computed once per batch and used by
 every bound evaluation of the root solver and by the loss pass (the Shi et al. convention).
-One clean pass (with autograd) serves the loss, the statistics and the solver's clean
-margins, so a step costs one clean pass, the solver's bound passes and one bound pass
-with gradient.
+With the exact solver one clean pass (with autograd) serves the loss, the statistics and the
+solver's clean margins, so a step costs one clean pass, the solver's bound passes and one bound
+pass with gradient.
 """
 
 from __future__ import annotations
@@ -38,12 +41,40 @@ class ACERTParams:
     root_rel_tol: float = setting(1e-4, "ACERT: relative tolerance of the adaptive radii")
     min_eps: float = setting(1e-6, "ACERT: floor of the adaptive radii while regularising")
     radius_solver: str = setting(
-        "exact",
-        "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm "
-        "(carry each sample's radius across epochs and update it from the passes the loss makes)",
+        "warm",
+        "ACERT: warm (carry each sample's radius across epochs and update it from the pass the loss "
+        "makes; as good as exact at about half the epoch time) or exact (root-solve every sample's "
+        "radius every batch, as the paper)",
+    )
+    warm_overshoot: float = setting(
+        0.0,
+        "ACERT warm solver: train each sample at (1 + this) x its carried radius estimate (capped at "
+        "eps_max(t)), so that the estimate, which trails a model that grows more robust, is probed above",
+    )
+    warm_new_radius: str = setting(
+        "slope",
+        "ACERT warm solver: the radius of a sample that became correctly classified: solve "
+        "(exactly, on that sub-batch) or slope (its clean margin over the batch's median bound "
+        "slope: no extra bound pass; the next visit's secant corrects it)",
+    )
+    warm_flipped: str = setting(
+        "bound",
+        "ACERT warm solver: the loss of a sample misclassified now but not when its radius was "
+        "estimated: clean (its clean margins, as the exact solver's radius 0; the loss then "
+        "needs the clean pass's backward) or bound (its bound at the estimated radius)",
+    )
+    warm_at_cap: bool = setting(
+        True,
+        "ACERT warm solver: a sample certified at the cap eps_max(t) trains at the next visit's cap "
+        "(as the exact solver does while it stays certified there; the bound brings it down if not) "
+        "instead of at the secant estimate",
     )
 
     def __post_init__(self) -> None:
+        if self.warm_flipped not in ("clean", "bound"):
+            raise bad("warm_flipped", self.warm_flipped, "choose one of clean, bound")
+        if self.warm_new_radius not in ("solve", "slope"):
+            raise bad("warm_new_radius", self.warm_new_radius, "choose one of solve, slope")
         if self.root_iters < 1:
             raise bad("root_iters", self.root_iters, "must be >= 1")
         if not 0 < self.root_rel_tol < 1:
@@ -52,6 +83,8 @@ class ACERTParams:
             raise bad("min_eps", self.min_eps, "must be >= 0")
         if self.radius_solver not in RADIUS_SOLVERS:
             raise bad("radius_solver", self.radius_solver, f"choose one of {', '.join(RADIUS_SOLVERS)}")
+        if not 0 <= self.warm_overshoot <= 1:
+            raise bad("warm_overshoot", self.warm_overshoot, "must lie in [0, 1]")
 
 
 @torch.no_grad()
@@ -109,20 +142,26 @@ class AdaptiveRadius:
 
 
 class WarmRadius:
-    """ACERT's radii amortised across epochs (``--radius-solver warm``).
+    """ACERT's radii amortised across epochs (``--radius-solver warm``, the default).
 
     Each sample keeps an estimate r_i of its certified radius from the last time it was seen
     (a tensor over the training split, in the checkpoint). The batch trains at
-    eps_i = min(r_i, eps_max(t)) in one joint clean + IBP pass, as IBP does: no separate clean
-    pass and no root solve. The loss's own pass then gives, for free, the clean margin
-    g(0) and the bound g(eps_i) of every sample, and r_i moves to the secant root
+    eps_i = min((1 + warm_overshoot) r_i, eps_max(t)) in one joint clean + IBP pass, as IBP does:
+    no separate clean pass and no root solve. The loss's own pass then gives, for free, the clean
+    margin g(0) and the bound g(eps_i) of every sample, and r_i moves to the secant root
     eps_i * g(0) / (g(0) - g(eps_i)): downwards (interpolation) where eps_i was not certified,
-    upwards (extrapolation, capped at max_eps only: the cap eps_max(t) grows fast during the
-    ramp, and an estimate that overshoots is brought down by the next pass) where it was.
+    upwards (extrapolation, capped at max_eps) where it was. A sample certified at the cap
+    eps_max(t) itself is instead set to max_eps (``warm_at_cap``), so that its next visit trains
+    at the next cap, as the exact solver does while the sample stays certified there: during the
+    ramp the cap and the model's radii grow between two visits, and the secant's estimate from the
+    smaller cap trailed them (23 % less validation ACR without it, docs/benchmarks.md §2b).
     Samples seen for the first time (the first epoch of the ramp) are solved exactly before the
-    step, as the exact solver does; samples misclassified last time and correct now are solved
-    exactly after it, on that sub-batch only. A misclassified sample has radius 0: its bound is replaced by its clean
-    margins (the IBP bound at eps = 0), as the exact solver's eps_i = 0 gives.
+    step, as the exact solver does. A sample misclassified at its last visit and correct now
+    starts from its clean margin over the batch's median bound slope (``warm_new_radius=slope``;
+    ``solve`` solves those exactly). A misclassified sample's estimate is 0; one that was correct
+    at its last visit and is misclassified now trains on its bound at the estimate
+    (``warm_flipped=bound``; ``clean`` replaces it by its clean margins, the exact solver's
+    radius 0, at the price of a backward pass through the clean path).
 
     These radii are training targets, not certificates: certification always solves exactly.
     """
@@ -154,7 +193,7 @@ class WarmRadius:
                 solved = self._exact(model, x, y, eps_t, clean=(logits, ctx))
             r = torch.where(first, solved, r)
             self.r_est[idx] = r
-        eps = r.clamp(0.0, eps_t)
+        eps = (r * (1.0 + self.params.warm_overshoot)).clamp(0.0, eps_t)
         if self.params.min_eps > 0 and regularising:
             eps = eps.clamp(min=min(self.params.min_eps, eps_t))
         return eps
@@ -169,7 +208,14 @@ class WarmRadius:
         known = correct & (eps > 0)
         drop = (g0 - ge).clamp(min=torch.finfo(g0.dtype).tiny)
         new = torch.where(known, eps * g0 / drop, new)
+        if self.params.warm_at_cap:  # certified at the cap: assume it still is at the next cap
+            new = torch.where(known & (ge > 0) & (eps >= eps_t), torch.full_like(new, self.max_eps), new)
         cold = (correct & ~known).nonzero().squeeze(1)
+        if cold.numel() and self.params.warm_new_radius == "slope":
+            slopes = (drop / eps)[known]  # margin lost per unit of radius, this batch
+            if slopes.numel():
+                new[cold] = g0[cold] / slopes.median()
+                cold = cold[:0]
         if cold.numel():  # no estimate to start from: the exact solve, on these samples only
             sub = BoundContext(affines=dict(ctx.affines))
             bound = self.bound_factory(model, x[cold], y[cold], sub)
@@ -189,7 +235,7 @@ class WarmRadius:
         if idx is None:
             return lb
         correct = self._update(model, x, y, idx, eps.detach(), eps_t, logits.detach(), lb.detach(), ctx)
-        if bool(correct.all()):
+        if self.params.warm_flipped == "bound" or bool(correct.all()):
             return lb
         others = other_classes(y, logits.shape[1])
         clean_margins = logits.gather(1, y[:, None]) - logits.gather(1, others)  # the bound at eps = 0
