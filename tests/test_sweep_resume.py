@@ -1,6 +1,7 @@
 """A sweep whose driver is SIGKILLed mid-way completes with --resume: no trial lost or repeated,
 each record once, in the tracking database the resume was told to use."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,27 +49,53 @@ def history(c, run):
     return [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_acr")]
 
 
-def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+def run_driver(argv, cwd, env, kill_at=None, timeout=400):
+    env = {**env, **({"ACERT_KILL_AT": kill_at} if kill_at else {})}
     env.pop("RAY_ADDRESS", None)
-    log = tmp_path / "driver.log"
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def driver_in_background(argv, cwd, env, log):
+    """The sweep driver in a session of its own, its output in ``log``; killed with its process
+    group if the test leaves it running."""
+    env = {**env}
+    env.pop("RAY_ADDRESS", None)
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.sweep", *ARGS],
-            cwd=tmp_path,
+            [sys.executable, "-m", "orchestrator.sweep", *argv],
+            cwd=cwd,
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        # Watch the progress lines, not the database: querying SQLite while the driver creates
-        # its schema races with MLflow's migrations.
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and log.read_text().count("[acert] trial ") < 2:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-3000:]
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for_log(proc, log, text, count=1, poll=0.5, timeout=240):
+    """Until ``text`` appears ``count`` times in the driver's log; the driver must still run.
+    (Watch the progress lines, not the database: querying SQLite while the driver creates its
+    schema races with MLflow's migrations.)"""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and log.read_text().count(text) < count:
+        time.sleep(poll)
+    assert proc.poll() is None, log.read_text()[-3000:]
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    log = tmp_path / "driver.log"
+    with driver_in_background(ARGS, tmp_path, env, log) as proc:
+        wait_for_log(proc, log, "[acert] trial ", count=2)
         c, runs = child_runs(uri)
         finished = [r for r in runs if r.info.status == "FINISHED"]
         assert len(finished) >= 2
@@ -80,9 +107,6 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)  # the driver only, as when a head pod dies
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
 
     # the tracking database moves while the driver is down: the resume is told its new URI, and
     # Tune's restored callbacks must write there, not to the URI they were pickled with
@@ -90,14 +114,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     shutil.copy(tmp_path / "mlflow.db", moved)
     stamp = (tmp_path / "mlflow.db").stat().st_mtime_ns
     uri = f"sqlite:///{moved}"
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", "--resume", "k1", "--tracking-uri", uri],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    out = run_driver(["--resume", "k1", "--tracking-uri", uri], tmp_path, env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "restoring" in out.stdout
     assert (tmp_path / "mlflow.db").stat().st_mtime_ns == stamp
@@ -116,15 +133,6 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     (parent,) = c.search_runs([runs[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
     assert parent.info.status == "FINISHED"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"frontier.csv", "frontier.json"}
-
-
-def run_driver(argv, cwd, env, kill_at=None, timeout=400):
-    env = {**env, **({"ACERT_KILL_AT": kill_at} if kill_at else {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", *argv], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
 
 
 def test_kills_in_the_closing_work_resume_to_one_record_each(tmp_path):
@@ -187,30 +195,14 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     next method and publishing a frontier of an unfinished search; --resume then finishes both."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("RAY_ADDRESS", None)
     argv = ["--dataset", "synthetic", "--accs", "0.5", "--methods", "acert,ibp", "--trials", "4",
             "--epochs", "8", "--name", "k3", "--synthetic-size", "512", "--val-acr-samples", "50",
             "--max-concurrent", "2", "--threads", "1", "--scheduler", "none", "--no-register"]  # fmt: skip
     log = tmp_path / "driver.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.sweep", *argv],
-            cwd=tmp_path,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and "[acert] trial " not in log.read_text():
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()[-3000:]
+    with driver_in_background(argv, tmp_path, env, log) as proc:
+        wait_for_log(proc, log, "[acert] trial ", poll=0.2)
         proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl+C reaches Python
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert "continue with --resume k3" in text
@@ -221,14 +213,7 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     (parent,) = c.search_runs([runs[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
     assert parent.info.status == "KILLED"
 
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", "--resume", "k3"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    out = run_driver(["--resume", "k3"], tmp_path, env)
     assert out.returncode == 0, out.stderr[-3000:]
     c, runs = child_runs(uri)
     recorded = [r for r in runs if r.info.status != "KILLED"]
