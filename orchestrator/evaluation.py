@@ -81,7 +81,7 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
     trial's thread count (restored afterwards: it may run in the driver)."""
     import torch
 
-    from trainers.certify import evaluate
+    from trainers.certify import evaluate_on
     from trainers.models import load_model, pick_device
 
     with checkpoint.as_directory() as d:
@@ -92,13 +92,11 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
         splits = train.load_splits(train_subset=None)  # the whole test split, whatever the training subset
         n = train.test_samples or splits.x_test.shape[0]
         spec, dev = splits.spec, pick_device(device)
-        res = evaluate(
+        res = evaluate_on(
+            spec,
             model.to(dev),
             splits.x_test[:n],
             splits.y_test[:n],
-            eps_cap=spec.eps_cap,
-            cert_eps=spec.cert_eps,
-            max_eps=spec.max_eps,
             method=train.cert_method,
             rel_tol=train.cert_rel_tol,
             device=dev,

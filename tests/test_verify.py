@@ -62,13 +62,13 @@ def test_verify_script_finds_no_attack_within_radii_and_some_beyond(trained, tmp
 def test_inflated_radii_are_broken_certificates(trained, tmp_path, monkeypatch, capsys):
     """A bound that claims too much (radii x 4) is caught: exit code 1 and a loud message."""
     ckpt, _ = trained
-    real = verify.evaluate
+    real = verify.evaluate_on
 
     def inflated(*args, **kwargs):
         res = real(*args, **kwargs)
         return {**res, "radii": res["radii"] * 4}
 
-    monkeypatch.setattr(verify, "evaluate", inflated)
+    monkeypatch.setattr(verify, "evaluate_on", inflated)
     argv = ["--checkpoint", str(ckpt), "--dataset", "synthetic", "--output-dir", str(tmp_path)]
     rc = verify.main([*argv, "--device", "cpu", "--limit", "64", "--steps", "20", "--restarts", "1"])
     assert rc == 1

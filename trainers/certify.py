@@ -221,6 +221,16 @@ class CertifyConfig:
             raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
 
 
+def evaluate_on(
+    spec, model: nn.Sequential, x: Tensor, y: Tensor, *, eps_cap: float | None = None, **kwargs
+) -> dict:
+    """``evaluate`` with a data set's radii (a ``DatasetSpec``): its search cap ``eps_cap``
+    (unless given), its certified-accuracy radii and its ACR cap ``max_eps``."""
+    return evaluate(
+        model, x, y, eps_cap=eps_cap or spec.eps_cap, cert_eps=spec.cert_eps, max_eps=spec.max_eps, **kwargs
+    )
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m trainers.certify",
@@ -258,13 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         x, y = x[: args.limit], y[: args.limit]
     spec = splits.spec
     model.to(device)
-    res = evaluate(
+    res = evaluate_on(
+        spec,
         model,
         x,
         y,
-        eps_cap=args.eps_cap or spec.eps_cap,
-        cert_eps=spec.cert_eps,
-        max_eps=spec.max_eps,
+        eps_cap=args.eps_cap,
         method=args.method,
         rel_tol=args.rel_tol,
         batch_size=args.batch_size,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers import metrics as M
-from trainers.certify import evaluate
+from trainers.certify import evaluate_on
 from trainers.config import TrainConfig
 from trainers.data import Splits, iterate_batches
 from trainers.methods import TRAINING_METHODS, StepOutput, TrainingMethod, build_method
@@ -143,14 +143,11 @@ def validate(
             for xb, yb in iterate_batches(x, y, 1024, shuffle=False, generator=None, device=device)
         )
     n_cert = cfg.val_acr_samples if split == "val" else (cfg.test_samples or x.shape[0])
-    d = splits.spec
-    res = evaluate(
+    res = evaluate_on(
+        splits.spec,
         model,
         x[:n_cert],
         y[:n_cert],
-        eps_cap=d.eps_cap,
-        cert_eps=d.cert_eps,
-        max_eps=d.max_eps,
         method=cfg.cert_method,
         rel_tol=cfg.cert_rel_tol,
         device=device,

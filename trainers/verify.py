@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from trainers import metrics as M
 from trainers.attacks import eval_mode, margins_of, pgd_attack
-from trainers.certify import CertifyConfig, as_float, evaluate, write_outputs
+from trainers.certify import CertifyConfig, as_float, evaluate_on, write_outputs
 from trainers.config import TrainConfig
 from trainers.settings import OneLineParser, add_fields, bad, fields_from, flag_of, setting
 
@@ -193,13 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         x, y = x[: args.limit], y[: args.limit]
     spec = splits.spec
     model.to(device).eval()
-    res = evaluate(
+    res = evaluate_on(
+        spec,
         model,
         x,
         y,
-        eps_cap=args.eps_cap or spec.eps_cap,
-        cert_eps=spec.cert_eps,
-        max_eps=spec.max_eps,
+        eps_cap=args.eps_cap,
         method=args.method,
         rel_tol=args.rel_tol,
         batch_size=args.batch_size,
