@@ -184,17 +184,17 @@ def acert_pretrained(model: nn.Sequential, splits, cfg, epochs: int, device: tor
 
 
 def warm_settings(text: str) -> dict[str, Any]:
-    """``"warm_overshoot=0.5,warm_at_cap=false"`` -> the warm radius solver's settings, typed."""
+    """``"warm_overshoot=0.5,warm_at_cap=false"`` -> ACERT's settings, typed as declared."""
+    from trainers.methods.acert import ACERTParams
+    from trainers.settings import bad, field_types, typed_value
+
+    types = field_types(ACERTParams)
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        if value.lower() in ("true", "false"):
-            out[key] = value.lower() == "true"
-        else:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
+        if key not in types:
+            raise bad("--warm-settings", item, f"ACERT has no setting {key!r}")
+        out[key] = typed_value("--warm-settings", key, value, types[key])
     return out
 
 

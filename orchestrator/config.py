@@ -22,7 +22,7 @@ from typing import Any
 
 from trainers.config import DEVICES, TrainConfig, _names
 from trainers.metrics import DONE  # noqa: F401  (re-exported for the searcher's users)
-from trainers.settings import ConfigError, _unwrap_optional, bad, field_types, same_as, setting
+from trainers.settings import ConfigError, bad, field_types, same_as, setting, typed_value
 
 SCHEDULERS = ("asha", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -265,7 +265,7 @@ class SweepConfig:
         out = {}
         for key, value in _parse_fixed(self.fixed, self.methods).items():
             if key in own or key in common:
-                out[key] = _typed(key, value, own.get(key, common.get(key)))
+                out[key] = typed_value("--fixed", key, value, own.get(key, common.get(key)))
         return out
 
     def trial(self, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -326,23 +326,6 @@ def _parse_fixed(items: tuple[str, ...], methods: tuple[str, ...]) -> dict[str, 
             raise bad("--fixed", item, f"no swept method ({', '.join(methods)}) takes a setting {key!r}")
         out[key] = value
     return out
-
-
-def _typed(key: str, text: str, tp: Any) -> Any:
-    """The value of a --fixed item for its setting's type (bool, int, float, str, optional)."""
-    base, optional = _unwrap_optional(tp)
-    if optional and text.lower() == "none":
-        return None
-    try:
-        if base is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if base in (int, float, str):
-            return base(text)
-    except ValueError:
-        raise bad("--fixed", f"{key}={text}", f"not a valid {base.__name__}") from None
-    raise bad("--fixed", f"{key}={text}", "this setting cannot be fixed from the command line")
 
 
 _SHARED_WITH_TRIALS = tuple(

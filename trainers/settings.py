@@ -79,6 +79,24 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def typed_value(flag: str, key: str, text: str, tp: Any) -> Any:
+    """The value of a ``KEY=VALUE`` item given to ``flag`` for its setting's type (bool, int,
+    float, str, optional)."""
+    base, optional = _unwrap_optional(tp)
+    if optional and text.lower() == "none":
+        return None
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if base in (int, float, str):
+            return base(text)
+    except ValueError:
+        raise bad(flag, f"{key}={text}", f"not a valid {base.__name__}") from None
+    raise bad(flag, f"{key}={text}", "this setting cannot be fixed from the command line")
+
+
 def _list_parser(flag: str, item: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         items = [t.strip() for t in text.split(",")]
