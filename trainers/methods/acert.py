@@ -33,6 +33,12 @@ from trainers.rootfind import min_margin, solve_radius
 from trainers.settings import bad, setting
 
 RADIUS_SOLVERS = ("exact", "warm")
+# the settings that take one of a few names, and those names
+_CHOICES = {
+    "radius_solver": RADIUS_SOLVERS,
+    "warm_new_radius": ("solve", "slope"),
+    "warm_flipped": ("clean", "bound"),
+}
 
 
 @dataclass(frozen=True)
@@ -71,18 +77,15 @@ class ACERTParams:
     )
 
     def __post_init__(self) -> None:
-        if self.warm_flipped not in ("clean", "bound"):
-            raise bad("warm_flipped", self.warm_flipped, "choose one of clean, bound")
-        if self.warm_new_radius not in ("solve", "slope"):
-            raise bad("warm_new_radius", self.warm_new_radius, "choose one of solve, slope")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
         if self.root_iters < 1:
             raise bad("root_iters", self.root_iters, "must be >= 1")
         if not 0 < self.root_rel_tol < 1:
             raise bad("root_rel_tol", self.root_rel_tol, "must lie in (0, 1)")
         if self.min_eps < 0:
             raise bad("min_eps", self.min_eps, "must be >= 0")
-        if self.radius_solver not in RADIUS_SOLVERS:
-            raise bad("radius_solver", self.radius_solver, f"choose one of {', '.join(RADIUS_SOLVERS)}")
         if not 0 <= self.warm_overshoot <= 1:
             raise bad("warm_overshoot", self.warm_overshoot, "must lie in [0, 1]")
 
