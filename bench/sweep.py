@@ -78,6 +78,11 @@ def stdout_to_stderr():
         os.close(saved)
 
 
+def tracking_uri(workdir: Path, tag: str | None = None) -> str:
+    """The MLflow database of the sweeps: one shared, or one per sweep ``tag`` (--fresh-tracking-db)."""
+    return f"sqlite:///{workdir / (f'{tag}.db' if tag else 'mlflow.db')}"
+
+
 def sweep_config(
     args: argparse.Namespace, epochs: int, concurrent: int, data_dir: str, workdir: Path, tag: str
 ) -> SweepConfig:
@@ -93,7 +98,7 @@ def sweep_config(
         epochs=epochs,
         name=tag,
         storage=str(workdir / "sweeps"),
-        tracking_uri=f"sqlite:///{workdir / (f'{tag}.db' if args.fresh_tracking_db else 'mlflow.db')}",
+        tracking_uri=tracking_uri(workdir, tag if args.fresh_tracking_db else None),
         data_dir=data_dir,
         download=False,
         max_concurrent=concurrent,
@@ -195,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from mlflow.tracking import MlflowClient
 
             t0 = time.perf_counter()
-            MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()
+            MlflowClient(tracking_uri(workdir)).search_experiments()
             tracking_db_s = time.perf_counter() - t0
         times: dict[str, list[float]] = {
             "plain": [],

@@ -39,6 +39,15 @@ def warm_method(max_eps: float = 0.1, **params):
     return build_method(TrainConfig.from_dict(values), steps_per_epoch=1)
 
 
+def radius_pass(radius, model, x, y, idx, cap):
+    """What a training step does with the warm radii, without the loss: the radii at this cap,
+    the joint clean + IBP pass at them, the update from that pass."""
+    eps = radius(model, x, y, cap, idx=idx)
+    logits, lb, ctx = joint_ibp(model, x, y, eps)
+    radius.after_bounds(model, x, y, idx, eps, cap, logits, lb, ctx)
+    return eps
+
+
 def test_warm_radii_track_the_exact_solve_on_a_fixed_model():
     model, x, y = trained_mlp()
     exact = adaptive_radii(model, x, y, 0.1, iters=40, rel_tol=1e-6)
@@ -184,9 +193,7 @@ def test_a_sample_certified_at_the_cap_trains_at_the_next_cap():
     eps2 = {}
     for at_cap in (True, False):
         m = warm_method(warm_at_cap=at_cap)
-        eps = m.radius(model, x, y, 0.02, idx=idx)  # first sight, cap 0.02: solved exactly
-        logits, lb, ctx = joint_ibp(model, x, y, eps)
-        m.radius.after_bounds(model, x, y, idx, eps, 0.02, logits, lb, ctx)
+        radius_pass(m.radius, model, x, y, idx, 0.02)  # first sight, cap 0.02: solved exactly
         eps2[at_cap] = m.radius(model, x, y, 0.05, idx=idx)  # the next visit, cap 0.05
         if at_cap:
             assert torch.equal(m.radius.r_est[capped], torch.full((int(capped.sum()),), 0.1))
@@ -199,8 +206,6 @@ def test_a_sample_certified_at_the_cap_trains_at_the_next_cap():
     m = warm_method()
     m.radius(model, x, y, 0.02, idx=idx)
     for cap in (0.02, 0.05):
-        eps = m.radius(model, x, y, cap, idx=idx)
-        logits, lb, ctx = joint_ibp(model, x, y, eps)
-        m.radius.after_bounds(model, x, y, idx, eps, cap, logits, lb, ctx)
+        radius_pass(m.radius, model, x, y, idx, cap)
     rel = (m.radius.r_est[between] - exact[between]).abs() / exact[between]
     assert float(rel.median()) < 0.02, float(rel.median())

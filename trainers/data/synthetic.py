@@ -31,10 +31,11 @@ def make_synthetic(
     2019): the last half of the pixels (at least 4) carry no prototype but a faint code of the
     class, 0.5 +- ``faint`` (predictive, but an l_inf perturbation of about ``faint`` breaks it;
     ``faint`` = (low, high) draws each sample's amplitude uniformly from that range, so that a
-    model certified at radius r can still read the codes stronger than about r), and a fraction ``swapped`` of the samples shows another class's prototype (robust but wrong
-    for them). A model that reads the code is accurate and certifies only small radii; one
-    certified at larger radii must read the prototypes and loses the swapped samples. With both
-    at 0 the data are the plain task above, tensor for tensor.
+    model certified at radius r can still read the codes stronger than about r), and a fraction
+    ``swapped`` of the samples shows another class's prototype (robust but wrong for them). A
+    model that reads the code is accurate and certifies only small radii; one certified at
+    larger radii must read the prototypes and loses the swapped samples. With both at 0 the data
+    are the plain task above, tensor for tensor.
     """
     if n_train < num_classes or n_test < 1:
         raise ValueError(
