@@ -70,20 +70,24 @@ class _Fixing:
         return self._fixed[name] if name in self._fixed else self._trial.suggest_categorical(name, choices)
 
 
+class FixedSpace:
+    """``space`` with some settings fixed (see :func:`with_fixed`). A class, not a closure: Tune
+    pickles its searcher, and the space with it, every time it saves the experiment."""
+
+    def __init__(self, space: SearchSpace, fixed: Mapping[str, Any]) -> None:
+        self.space, self.fixed = space, dict(fixed)
+        self.__name__ = f"{getattr(space, '__name__', 'space')}_fixed"
+
+    def __call__(self, trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
+        return {**self.space(_Fixing(trial, self.fixed), ctx), **self.fixed}
+
+
 def with_fixed(space: SearchSpace, fixed: Mapping[str, Any]) -> SearchSpace:
     """``space`` with some settings fixed (``--fixed``): a suggestion of a fixed name returns
     its value, and a fixed setting the space derives (``std_epochs`` from ``std_frac``, say) is
     replaced in its output. Derived values that depend on a fixed one follow it (``min_eps``
     is a fraction of a fixed ``max_eps``)."""
-    if not fixed:
-        return space
-    fixed = dict(fixed)
-
-    def fixed_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
-        return {**space(_Fixing(trial, fixed), ctx), **fixed}
-
-    fixed_space.__name__ = f"{getattr(space, '__name__', 'space')}_fixed"
-    return fixed_space
+    return FixedSpace(space, fixed) if fixed else space
 
 
 from search_spaces import acert, baselines, mtl_ibp  # noqa: E402,F401  (registers the spaces)

@@ -88,6 +88,18 @@ def test_fixed_settings_are_not_searched():
     assert with_fixed(get_space("ibp"), {}) is get_space("ibp")
 
 
+def test_a_fixed_space_survives_a_pickle_round_trip():
+    """Tune pickles its searcher, and the space with it, at every experiment save: a space with
+    --fixed settings must pickle and come back suggesting the same values."""
+    import pickle
+
+    from search_spaces import with_fixed
+
+    space = pickle.loads(pickle.dumps(with_fixed(get_space("acert"), {"lr": 2e-3, "batch_size": 128})))
+    out = space(optuna.create_study().ask(), SpaceContext(8, 0.1))
+    assert (out["lr"], out["batch_size"]) == (2e-3, 128)
+
+
 def test_unknown_space_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown search space 'sabr'.*acert, crown-ibp, ibp"):
         get_space("sabr")
