@@ -25,7 +25,7 @@ from trainers.metrics import DONE  # noqa: F401  (re-exported for the searcher's
 from trainers.settings import ConfigError, bad, field_types, same_as, setting, typed_value
 
 SCHEDULERS = ("asha", "none")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: `$` would let a final "\n" in
 SWEEP_FILE = "sweep.json"
 # Keys the searcher adds to a trial's config that are not training settings. The searcher no
 # longer writes search_phase (the phased design before issue #10); trials of sweeps recorded
@@ -156,7 +156,7 @@ class SweepConfig:
             raise bad("--scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
         if self.device not in DEVICES:
             raise bad("--device", self.device, f"choose one of {', '.join(DEVICES)}")
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise bad("--name", self.name, "use letters, digits, '.', '_' and '-' (at most 100)")
         if self.optuna_storage and not re.match(r"^[a-z][a-z0-9+]*://", self.optuna_storage):
             raise bad(

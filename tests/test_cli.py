@@ -49,6 +49,7 @@ CASES = [
     (["--dataset", "mnist", "--accs", "0.7", "--methods", "sabr"], "--methods 'sabr'"),
     (["--dataset", "mnist", "--accs", "0.7", "--scheduler", "pbt"], "--scheduler 'pbt'"),
     (["--dataset", "mnist", "--accs", "0.7", "--name", "a/b"], "--name 'a/b'"),
+    (["--dataset", "mnist", "--accs", "0.7", "--name", "abc\n"], "--name 'abc\\n'"),  # a final newline
     (["--dataset", "mnist", "--accs", "nan"], "--accs nan"),
     (["--accs", "0.7"], "--dataset"),
     (["--resume", "nope"], "--resume 'nope': no sweep of that name"),
