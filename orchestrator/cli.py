@@ -24,7 +24,7 @@ from orchestrator.config import (
     is_remote_uri,
 )
 from trainers.registry import import_plugins
-from trainers.settings import ConfigError, OneLineParser, add_fields, bad, fields_from
+from trainers.settings import ConfigError, OneLineParser, add_fields, bad, field_types, fields_from, has_type
 
 __all__ = [
     "SWEEP_FILE",
@@ -110,6 +110,17 @@ def parse_sweep_args(argv: list[str] | None = None) -> SweepConfig:
         raise SweepInputError(str(e)) from None
 
 
+_EXPECTED = {
+    int: "an integer",
+    int | None: "an integer or null",
+    float: "a number",
+    bool: "true or false",
+    str | None: "a string or null",
+    tuple[float, ...]: "a list of numbers",
+    tuple[str, ...]: "a list of strings",
+}
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """A JSON file of SweepConfig fields (configs/*.json): defaults that flags override."""
     import dataclasses
@@ -124,6 +135,11 @@ def load_config_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(values) - names)
     if unknown:
         raise bad("--config", path, f"unknown setting {unknown[0]!r} (settings are the flags, with _ for -)")
+    types = field_types(SweepConfig)  # argparse converts only text, not these defaults: check here
+    for key, value in values.items():
+        if not has_type(value, types[key]):
+            why = f"{key}={json.dumps(value)}: expected {_EXPECTED.get(types[key], 'a string')}"
+            raise bad("--config", path, why)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 

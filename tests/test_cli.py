@@ -266,6 +266,36 @@ def test_config_file_gives_defaults_that_flags_override(in_tmp, capsys):
     assert code == 2 and "--config 'missing.json'" in err
 
 
+@pytest.mark.parametrize(
+    "setting, value, needle",
+    [
+        ("trials", True, "trials=true: expected an integer"),  # bool is an int in Python
+        ("penalty", False, "penalty=false: expected a number"),
+        ("epochs", 2.5, "epochs=2.5: expected an integer"),
+        ("cpus_per_trial", "4", 'cpus_per_trial="4": expected a number'),
+        ("download", 1, "download=1: expected true or false"),
+        ("accs", "0.6,0.7", 'accs="0.6,0.7": expected a list of numbers'),
+        ("methods", ["acert", 1], 'methods=["acert", 1]: expected a list of strings'),
+        ("name", None, "name=null: expected a string"),
+    ],
+)
+def test_config_file_values_must_have_the_settings_type(in_tmp, capsys, monkeypatch, setting, value, needle):
+    """--config values are JSON, not text argparse converts: each is checked against its field's
+    type, so a boolean never passes as a number, and nothing is written."""
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg: pytest.fail(f"a sweep started with {setting}"))
+    (in_tmp / "typed.json").write_text(json.dumps({"dataset": "synthetic", "accs": [0.6], setting: value}))
+    code, err = run_main(["--config", "typed.json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"invalid --config 'typed.json': {needle}" in err, err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["typed.json"]
+
+
+def test_config_file_takes_null_for_optional_settings_and_whole_numbers_for_floats(in_tmp):
+    preset = {"dataset": "synthetic", "accs": [0.6], "threads": None, "model": None, "penalty": 10}
+    (in_tmp / "typed.json").write_text(json.dumps(preset))
+    cfg = parse_sweep_args(["--config", "typed.json"])
+    assert (cfg.threads, cfg.model, cfg.penalty) == (None, None, 10)
+
+
 def test_fixed_trial_settings_are_typed_and_checked(in_tmp):
     cfg = parse_sweep_args(
         [*BASE, "--methods", "acert,mtl-ibp", "--fixed", "batch_size=128,lr=0.002,alpha=0.1,kappa_final=none"]

@@ -79,6 +79,23 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def has_type(value: Any, tp: Any) -> bool:
+    """Whether a value read from JSON fits a setting's type: a list for a tuple, ``null`` only
+    where the setting is optional, and a boolean never for a number (Python's ``bool`` is an
+    ``int``, so ``true`` would otherwise pass as 1)."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        return optional
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        return isinstance(value, list | tuple) and all(has_type(v, item) for v in value)
+    if base is bool or isinstance(value, bool):
+        return base is bool and isinstance(value, bool)
+    if base is float:
+        return isinstance(value, int | float)
+    return isinstance(value, base)
+
+
 def typed_value(flag: str, key: str, text: str, tp: Any) -> Any:
     """The value of a ``KEY=VALUE`` item given to ``flag`` for its setting's type (bool, int,
     float, str, optional)."""
