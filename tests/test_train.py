@@ -112,7 +112,7 @@ def test_a_stop_request_drops_the_epoch_in_progress_and_resume_reproduces_the_ru
             log=quiet,
         )
     assert e.value.epoch == 1 and reported == [1]
-    assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["epoch"] == 1
     epochs = []
     splits = cfg.load_splits()  # handed in, as a reused trial process does
     resumed = run_training(
@@ -125,6 +125,44 @@ def test_a_stop_request_drops_the_epoch_in_progress_and_resume_reproduces_the_ru
     assert epochs == [2, 3]
     for key in ("train_loss", "val_acc", "val_acr", "test_acr"):
         assert resumed[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7)
+
+
+_UNPICKLED: list[str] = []
+
+
+def _ran_from_a_pickle(what: str) -> str:
+    _UNPICKLED.append(what)
+    return what
+
+
+class _Payload:
+    """What a tampered file may hold: unpickling it calls a function of the writer's choice."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __reduce__(self):
+        return (_ran_from_a_pickle, (self.what,))
+
+
+def test_state_and_model_files_holding_code_are_refused_not_run(tmp_path):
+    """Checkpoints lie on storage every worker can write: loading them (resume, evaluation)
+    accepts tensors and plain types only, never an object whose unpickling runs code."""
+    import pickle
+
+    cfg = TrainConfig(method="ibp", **{**QUICK, "epochs": 2})
+    run_training(cfg, output_dir=tmp_path, log=quiet)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # what the loop writes loads
+    torch.save(
+        {**state, "epoch": 1, "history": [*state["history"][:1], _Payload("state")]}, tmp_path / "state.pt"
+    )
+    with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
+        run_training(cfg, output_dir=tmp_path, log=quiet)
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save({**ckpt, "config": _Payload("model")}, tmp_path / "model.pt")
+    with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
+        load_model(tmp_path / "model.pt")
+    assert _UNPICKLED == []
 
 
 def test_nan_loss_raises_diverged(tmp_path):

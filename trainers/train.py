@@ -190,7 +190,8 @@ def run_training(
     opt, sched = build_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     start, history = 0, []
     if resume and (out / "state.pt").exists():
-        state = torch.load(out / "state.pt", map_location=device, weights_only=False)
+        # tensors and plain types only: the file lies on storage every trial can write
+        state = torch.load(out / "state.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
