@@ -88,6 +88,20 @@ def test_missing_data_with_no_download(in_tmp, capsys):
     assert code == 2 and f"--data-dir '{empty}'" in err and err.count("\n") == 1
 
 
+def test_failed_download_is_one_line_and_leaves_nothing(in_tmp, capsys, monkeypatch):
+    """--data-dir on a missing folder, downloads allowed, the source unreachable (a file:// URL
+    of a missing folder, so the test needs no network and cannot reach one)."""
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [(in_tmp / "no-mirror").as_uri() + "/"])
+    code, err = run_main(
+        ["--dataset", "mnist", "--accs", "0.9", "--data-dir", str(in_tmp / "d" / "data")], capsys
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"invalid --data-dir '{in_tmp / 'd' / 'data'}': dataset 'mnist': download" in err
+    assert list(in_tmp.iterdir()) == []
+
+
 def test_existing_name_needs_resume(in_tmp, capsys):
     (in_tmp / "sweeps" / "taken").mkdir(parents=True)
     (in_tmp / "sweeps" / "taken" / "sweep.json").write_text("{}")

@@ -167,6 +167,43 @@ def test_missing_data_without_download_names_the_folder(tmp_path, dataset, folde
     assert str(tmp_path / folder) in str(err.value) and "\n" not in str(err.value)
 
 
+def unreachable_sources(monkeypatch, where: Path) -> None:
+    """Every download source a ``file://`` URL of a missing folder: the fetch fails at once and
+    the same way everywhere, with or without a network."""
+    import torchvision.datasets as tvd
+
+    from trainers.data import loaders
+
+    url = (where / "no-mirror").as_uri()
+    for cls in (tvd.MNIST, tvd.FashionMNIST):
+        monkeypatch.setattr(cls, "mirrors", [url + "/"])
+    monkeypatch.setattr(tvd.CIFAR10, "url", f"{url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(loaders, "TINYIMAGENET_URL", f"{url}/tiny-imagenet-200.zip")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10", "tinyimagenet"])
+def test_a_failed_download_is_one_line_and_removes_what_it_created(tmp_path, monkeypatch, dataset):
+    unreachable_sources(monkeypatch, tmp_path)
+    data_dir = tmp_path / "new" / "data"  # neither folder exists yet
+    with pytest.raises(DataMissingError) as err:
+        load_splits(dataset, data_dir=str(data_dir), download=True)
+    message = str(err.value)
+    assert "\n" not in message and f"dataset {dataset!r}" in message and str(data_dir) in message
+    assert "download" in message and "no-mirror" in message  # where it tried
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_into_an_existing_folder_keeps_what_was_there(tmp_path, monkeypatch):
+    unreachable_sources(monkeypatch, tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("kept")
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "MNIST" / "mine").write_text("kept")
+    with pytest.raises(DataMissingError, match="download"):
+        load_splits("mnist", data_dir=str(tmp_path), download=True)
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert after == ["MNIST", "MNIST/mine", "notes.txt"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"dataset": "svhn"}, "cifar10, fashion-mnist, mnist, synthetic, synthetic-tradeoff, tinyimagenet"),

@@ -3,12 +3,13 @@ IDX / pickle / JPEG files they write themselves)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,11 +37,12 @@ def mnist_like(cls_name: str, dataset: str) -> Callable[[Path, bool, int], tuple
 
         raw = data_dir / cls_name / "raw"
         _gunzip_missing(raw, _MNIST_FILES)  # torchvision reads only the uncompressed files
+        if download and not all((raw / name).is_file() for name in _MNIST_FILES):
+            with fetching(dataset, data_dir, [data_dir / cls_name]):
+                getattr(tvd, cls_name)(str(data_dir), train=True, download=True)  # all four files
         try:
-            parts = [getattr(tvd, cls_name)(str(data_dir), train=t, download=download) for t in (True, False)]
+            parts = [getattr(tvd, cls_name)(str(data_dir), train=t, download=False) for t in (True, False)]
         except RuntimeError as err:
-            if download:
-                raise
             raise DataMissingError(
                 f"dataset {dataset!r} not found: expected {', '.join(_MNIST_FILES)} (or the same with .gz) "
                 f"in {raw.resolve()}; drop --no-download to fetch them"
@@ -54,6 +56,37 @@ def mnist_like(cls_name: str, dataset: str) -> Callable[[Path, bool, int], tuple
         )
 
     return load
+
+
+@contextlib.contextmanager
+def fetching(dataset: str, data_dir: Path, paths: list[Path]) -> Iterator[None]:
+    """Around a download into ``data_dir`` that writes ``paths`` (folders and archives): if it
+    fails, what it created is removed (the folders it made up to ``data_dir``'s first missing
+    parent, the new files in ``paths``) and the failure is one :class:`DataMissingError` line
+    naming the data set, the folder and the cause, which the sweep's preflight turns into exit 2."""
+    top = next((p for p in reversed([data_dir, *data_dir.parents]) if not p.exists()), None)
+    before = {p: set(p.rglob("*")) if p.is_dir() else set() for p in paths if p.exists()}
+    try:
+        yield
+    except Exception as err:
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        for p in paths:
+            if p not in before:
+                created = {p}
+            else:  # it was there: only what is new inside it goes
+                created = set(p.rglob("*")) - before[p] if p.is_dir() else set()
+            for new in sorted(created, reverse=True):  # deepest first
+                if new.is_dir() and not new.is_symlink():
+                    shutil.rmtree(new, ignore_errors=True)
+                else:
+                    new.unlink(missing_ok=True)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        raise DataMissingError(
+            f"dataset {dataset!r}: download into {data_dir.resolve()} failed ({cause}); "
+            "check the network, or put the files there yourself"
+        ) from err
 
 
 def _gunzip_missing(folder: Path, names: tuple[str, ...]) -> None:
@@ -83,7 +116,8 @@ def load_cifar10(data_dir: Path, download: bool, size: int = 0) -> tuple[Tensor,
     if missing:
         import torchvision.datasets as tvd
 
-        tvd.CIFAR10(str(data_dir), train=True, download=True)
+        with fetching("cifar10", data_dir, [folder, data_dir / tvd.CIFAR10.filename]):
+            tvd.CIFAR10(str(data_dir), train=True, download=True)
 
     def read(names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         xs, ys = [], []
@@ -121,7 +155,8 @@ def load_tinyimagenet(data_dir: Path, download: bool, size: int = 0) -> tuple[Te
             )
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(TINYIMAGENET_URL, download_root=str(data_dir))
+        with fetching("tinyimagenet", data_dir, [root, data_dir / TINYIMAGENET_URL.rsplit("/", 1)[-1]]):
+            download_and_extract_archive(TINYIMAGENET_URL, download_root=str(data_dir))
     wnids = sorted((root / "wnids.txt").read_text().split())
     label = {w: i for i, w in enumerate(wnids)}
     train = sorted(

@@ -25,7 +25,8 @@ Loader = Callable[[Path, bool, int], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
 class DataMissingError(ConfigError):
-    """The data set is not on disk and downloading was switched off (``--no-download``)."""
+    """The data set is not on disk, and downloading was switched off (``--no-download``) or
+    failed."""
 
 
 @dataclass(frozen=True)
