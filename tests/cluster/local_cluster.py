@@ -6,22 +6,29 @@ init step) per container, each from its manifest through ``translate.py``:
 - PostgreSQL: ``initdb`` + ``postgres`` from Debian's package, with the user, password and database
   that the StatefulSet's env gives the official image (it runs as the ``postgres`` user when the
   tests run as root: ``initdb`` refuses root);
-- MLflow: the Deployment's init containers (``create-databases``, ``db-upgrade``), then its
-  ``mlflow server`` container, with the exact arguments of the manifest;
+- MLflow: the Deployment's init containers (``create-databases``: the database roles of the
+  Secrets; ``db-upgrade``), then its ``mlflow server`` container, with the exact arguments of
+  the manifest (``--app-name basic-auth``: a login on every request but /health) and its
+  ConfigMap files (the auth config) written under the rehearsal's root;
 - Ray: the head's init containers, then ``ray start --head --block`` with the head group's
   ``rayStartParams``, and one ``ray start --address ... --block`` worker with the CPUs of the
   worker group at its maxReplicas; token authentication as the operator sets it up for
   ``authOptions`` (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from the Secret), the container's env
-  (the head's PGUSER/PGPASSWORD from acert-postgres);
+  (the head's PGUSER/PGPASSWORD of the sweep's database role, MLflow's login for the driver and
+  the trials: MLFLOW_TRACKING_USERNAME/PASSWORD);
 - the RayJob submitter: KubeRay's K8sJobMode command, ``ray job status`` / ``ray job submit
   --no-wait --submission-id`` / ``ray job logs --follow``.
 
-The Secrets are made up per run. Every process carries a pod marker (processes.py), so a pod
-can be killed whole and nothing is left behind by ``close()``.
+The Secrets are made up per run. The test's own MLflow client logs in as the manifests' MLflow
+admin: ``start_mlflow`` sets MLFLOW_TRACKING_USERNAME/PASSWORD in this process (``close()``
+restores them), and ``mlflow_api_code(login=False)`` is what a request without them gets. Every
+process carries a pod marker (processes.py), so a pod can be killed whole and nothing is left
+behind by ``close()``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -38,7 +45,14 @@ import uuid
 from pathlib import Path
 
 from . import processes as ps
-from .translate import Endpoints, container_env, local_argv, ray_start_params, sweep_argv
+from .translate import (
+    Endpoints,
+    config_map_files,
+    container_env,
+    local_argv,
+    ray_start_params,
+    sweep_argv,
+)
 
 NODE_PORT_FLAGS = (
     "--node-manager-port",
@@ -62,9 +76,17 @@ class Rehearsal:
         self.objects, self.root, self.pg_bin = objects, Path(root), Path(pg_bin)
         self.run = uuid.uuid4().hex[:12]
         self.secrets = {
-            "acert-postgres": {"username": "mlflow", "password": secrets.token_hex(16)},
+            "acert-postgres": {"username": "postgres", "password": secrets.token_hex(16)},
+            "acert-postgres-mlflow": {"username": "mlflow", "password": secrets.token_hex(16)},
+            "acert-postgres-optuna": {"username": "optuna", "password": secrets.token_hex(16)},
+            "acert-mlflow": {
+                "username": "sweep",
+                "password": secrets.token_hex(16),
+                "flask-secret-key": secrets.token_hex(32),
+            },
             "acert-ray-token": {"auth_token": secrets.token_hex(32)},
         }
+        self._saved_env: dict[str, str | None] = {}
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         # Short paths: Ray's Unix sockets live under its temp dir (107 bytes at most).
@@ -94,6 +116,11 @@ class Rehearsal:
         finally:
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
             shutil.rmtree(self.pg_dir, ignore_errors=True)
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def new_pod(self, role: str) -> str:
         self.generation[role] = self.generation.get(role, 0) + 1
@@ -202,7 +229,8 @@ class Rehearsal:
         for init in spec.get("initContainers") or []:
             self.run_init(init, pod)
         c = spec["containers"][0]
-        env = container_env(c, self.secrets)
+        folder = self.root / "configmaps" / pod
+        env = config_map_files(spec, c, container_env(c, self.secrets), self.objects, folder, self.endpoints)
         argv = local_argv(c, env, self.endpoints)
         argv[argv.index("--host") + 1] = "127.0.0.1"  # the rehearsal listens on loopback only
         argv[argv.index("--port") + 1] = str(self.mlflow_port)
@@ -215,6 +243,30 @@ class Rehearsal:
             300,
             why=lambda: ps.tail(log),
         )
+        # This process's MLflow client (the test's checks) logs in as the server's admin.
+        for key, var in (
+            ("USERNAME", "MLFLOW_AUTH_ADMIN_USERNAME"),
+            ("PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"),
+        ):
+            self._saved_env.setdefault(f"MLFLOW_TRACKING_{key}", os.environ.get(f"MLFLOW_TRACKING_{key}"))
+            os.environ[f"MLFLOW_TRACKING_{key}"] = env[var]
+
+    def mlflow_api_code(self, login: bool = False) -> int | None:
+        """The HTTP code of an MLflow API request (search experiments), without credentials
+        (401 when the server asks for a login) or with the manifests' MLflow admin login."""
+        url = f"{self.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        if not login:
+            return self.http_code(url)
+        user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
 
     @property
     def tracking_uri(self) -> str:

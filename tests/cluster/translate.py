@@ -81,6 +81,32 @@ class Endpoints:
         return env
 
 
+def config_map_files(
+    pod_spec: dict,
+    container: dict,
+    env: dict[str, str],
+    objects: list[dict],
+    folder: Path,
+    endpoints: Endpoints,
+) -> dict[str, str]:
+    """The ConfigMap volumes that ``container`` mounts, as files under ``folder/<volume>`` (with
+    Service endpoints made local, as in arguments); returns ``env`` with every value under a
+    mount path pointed at those files (MLflow's MLFLOW_AUTH_CONFIG_PATH)."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        cm = (volumes.get(mount["name"]) or {}).get("configMap")
+        if cm is None:
+            continue
+        (obj,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm["name"]]
+        local = Path(folder) / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for name, text in (obj.get("data") or {}).items():
+            (local / name).write_text(endpoints.url(text))
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        env = {k: f"{local}/{v[len(prefix) :]}" if v.startswith(prefix) else v for k, v in env.items()}
+    return env
+
+
 def local_argv(container: dict, env: dict[str, str], endpoints: Endpoints) -> list[str]:
     """The container's ``command + args`` for a local process."""
     argv = [k8s_expand(str(a), env) for a in (container.get("command") or []) + (container.get("args") or [])]

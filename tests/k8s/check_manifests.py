@@ -15,9 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from .access_policy import access_violations
+from .hardening_policy import hardening_violations
 from .kubectl import KubectlNotFound, render
 from .manifest_policy import policy_violations
 from .manifest_schema import CRD_DIRS, schema_violations
+from .network_policy import network_violations
 from .operations_policy import operations_violations
 from .ray_policy import dockerfile_violations, pinned_versions, ray_violations
 from .sweep_policy import sweep_violations
@@ -40,6 +43,9 @@ def all_violations(
         + operations_violations(objects, single_node=single_node)
         + ray_violations(objects, ray_version=pins["ray"], single_node=single_node)
         + sweep_violations(objects)
+        + hardening_violations(objects)
+        + network_violations(objects)
+        + access_violations(objects)
     )
 
 

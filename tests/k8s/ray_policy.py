@@ -15,7 +15,8 @@
 - ``shared-storage``: a claim mounted by pods of several Ray groups is ReadWriteMany (unless the
   overlay is single-node);
 - ``dockerfile``: FROM the official rayproject/ray GPU image of the pinned ray, pinned torch /
-  torchvision, and a final non-root USER.
+  torchvision, mlflow's ``auth`` extra, the packages and ``configs/`` copied, and a final
+  non-root USER.
 """
 
 from __future__ import annotations
@@ -273,8 +274,27 @@ def check_shared_storage(objects: list[dict], single_node: bool = False) -> list
     return out
 
 
+def dockerfile_copies(path: Path) -> set[str]:
+    """The sources (repository paths, no trailing slash) that the Dockerfile's COPY lines take
+    from the build context."""
+    text = re.sub(r"\\\n", " ", Path(path).read_text())
+    out = set()
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            sources = [w for w in words[1:] if not w.startswith("--")][:-1]
+            out |= {w.rstrip("/").removeprefix("./") for w in sources}
+    return out
+
+
+# What the image must hold beyond the packages: the presets that README.md's commands name.
+DOCKERFILE_COPIES = {"pyproject.toml", "trainers", "search_spaces", "orchestrator", "bench", "configs"}
+
+
 def dockerfile_violations(path: Path, pins: dict[str, str]) -> list[Violation]:
-    """FROM the official rayproject/ray GPU image of the pinned ray, pinned torch/torchvision, non-root USER."""
+    """FROM the official rayproject/ray GPU image of the pinned ray, pinned torch/torchvision,
+    mlflow's auth extra (the server's --app-name basic-auth), the packages and configs/ copied,
+    a non-root USER."""
     text = re.sub(r"\\\n", " ", Path(path).read_text())
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", "\n".join(lines), re.M))
@@ -294,6 +314,13 @@ def dockerfile_violations(path: Path, pins: dict[str, str]) -> list[Violation]:
     for pkg in ("torch", "torchvision"):
         if not re.search(rf"(?<![\w-]){pkg}=={re.escape(pins.get(pkg, '?'))}(?![\w.])", text):
             out.append(("dockerfile", f"{pkg} is not installed pinned to {pkg}=={pins.get(pkg)}"))
+    if not re.search(r"mlflow\[auth\]", "\n".join(lines)):
+        out.append(
+            ("dockerfile", "mlflow[auth] is not installed: `mlflow server --app-name basic-auth` needs it")
+        )
+    missing = DOCKERFILE_COPIES - dockerfile_copies(path)
+    if missing:
+        out.append(("dockerfile", f"not copied into the image: {sorted(missing)}"))
     if not users or users[-1].split(":")[0] in ("root", "0"):
         out.append(
             ("dockerfile", f"final USER {users[-1] if users else None!r}: run as the non-root ray user")

@@ -12,7 +12,7 @@
 - ``trial-fit``: one trial (--cpus-per-trial, --gpus-per-trial) fits a worker group, a GPU group
   tolerates the nvidia.com/gpu taint, and --device agrees with the GPU request;
 - ``mlflow-server``: ``mlflow server`` arguments parse with mlflow's own CLI; a PostgreSQL backend
-  whose credentials are $(VAR)s from secretKeyRef env, --host 0.0.0.0, proxied artifacts on a claim
+  with no credentials in its URL (libpq's PGUSER / PGPASSWORD from secretKeyRefs), --host 0.0.0.0, proxied artifacts on a claim
   or a bucket, and --allowed-hosts naming its Service (else in-cluster requests get 403); an init
   container runs ``mlflow db upgrade`` on the same database first (the server refuses an old
   schema), and a startupProbe covers a slow start.
@@ -24,7 +24,6 @@ Database URLs name their driver, ``postgresql+psycopg2://``: SQLAlchemy 2.1 read
 from __future__ import annotations
 
 import io
-import re
 import shlex
 from contextlib import redirect_stderr
 from urllib.parse import urlsplit
@@ -194,10 +193,11 @@ def _mlflow_databases(objects: list[dict]) -> set[str]:
     return out
 
 
-def _created_databases(objects: list[dict]) -> set[str]:
-    """The databases that the ``create-databases`` init steps create (their args after the first)."""
+def created_databases(objects: list[dict]) -> set[str]:
+    """The databases that the ``create-databases`` init steps create: their args after the first,
+    ``DATABASE=PREFIX`` (the owner role's variables) or a bare ``DATABASE``."""
     return {
-        str(a)
+        str(a).partition("=")[0]
         for obj in objects
         for _, template in pod_templates(obj)
         for c in (template.get("spec") or {}).get("initContainers") or []
@@ -228,7 +228,7 @@ def _optuna_problems(ns, cluster: dict, objects: list[dict], namespace: str | No
         problems.append(
             f"--optuna-storage database {database!r} is MLflow's (both keep an alembic_version table)"
         )
-    elif database not in _created_databases(objects):
+    elif database not in created_databases(objects):
         problems.append(
             f"--optuna-storage database {database!r} is not created by a create-databases init step"
         )
@@ -315,11 +315,11 @@ def _mlflow_problems(params: dict, c: dict, template: dict, obj: dict, objects: 
     if not c.get("startupProbe"):
         problems.append("no startupProbe: a slow start would be restarted by the liveness probe")
     env = {e.get("name"): e for e in c.get("env") or []}
-    for part in (uri.username, uri.password):
-        ref = re.fullmatch(r"\$\((\w+)\)", part or "")
-        if not ref or "secretKeyRef" not in (env.get(ref.group(1), {}).get("valueFrom") or {}):
-            problems.append("database user and password must be $(VAR) references to secretKeyRef env vars")
-            break
+    if uri.username or uri.password:
+        problems.append("--backend-store-uri holds credentials: give them as libpq's PGUSER / PGPASSWORD")
+    for var in ("PGUSER", "PGPASSWORD"):
+        if "secretKeyRef" not in ((env.get(var) or {}).get("valueFrom") or {}):
+            problems.append(f"{var} must come from a Secret (secretKeyRef): the database login")
     if params.get("host") != "0.0.0.0":
         problems.append(f"--host {params.get('host')!r}: bind 0.0.0.0 to be reachable through the Service")
     if not params.get("serve_artifacts") or not params.get("artifacts_destination"):

@@ -208,7 +208,15 @@ def test_secrets_are_referenced_by_name_and_documented():
                         needed.add((ref["name"], ref["key"]))
             for _, cluster in mp.ray_cluster_specs(obj):
                 needed.add((cluster["authOptions"]["secretName"], "auth_token"))
-    assert {name for name, _ in needed} == {"acert-postgres", "acert-minio", "acert-ray-token"}
+    assert {name for name, _ in needed} == {
+        "acert-postgres",
+        "acert-postgres-mlflow",
+        "acert-postgres-optuna",
+        "acert-mlflow",
+        "acert-minio",
+        "acert-minio-mlflow",
+        "acert-ray-token",
+    }
     for name, key in sorted(needed):
         pattern = (
             rf"create secret generic {re.escape(name)}\b[^\n]*(\\\n[^\n]*)*--from-literal={re.escape(key)}="
@@ -348,6 +356,16 @@ def test_every_rule_has_a_broken_fixture():
         "disruption",
         "network-policy",
         "single-node-fit",
+        "read-only-root",
+        "service-account-token",
+        "ephemeral-storage",
+        "head-eviction",
+        "ray-network",
+        "egress",
+        "database-roles",
+        "minio-user",
+        "mlflow-auth",
+        "secret-argv",
     }
     assert len({c["id"] for c in CASES}) == len(CASES)
 

@@ -213,7 +213,7 @@ def _inline_programs(overlay: str) -> dict[str, tuple[str, list[str]]]:
 
 def test_inline_programs_are_valid_python():
     programs = {**_inline_programs("gpu"), **_inline_programs("cpu-dev")}
-    assert set(programs) == {"prefetch-data", "wait-for-mlflow", "create-databases", "create-bucket"}
+    assert set(programs) == {"prefetch-data", "wait-for-mlflow", "create-databases", "wait-for-bucket"}
     for name, (code, _) in programs.items():
         compile(code, name, "exec")
 
