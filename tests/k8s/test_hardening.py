@@ -1,13 +1,15 @@
 """What k8s/README.md promises about the image and the hardening, beyond the policy rules of
 test_policy.py: the README's commands run in the image (every path they name is copied), images
 pinned by digest with the README's own block still pass every check, /health is open under
-MLflow's basic-auth (the probes and wait-for-mlflow need no login), and the egress rule's
-address arithmetic."""
+MLflow's basic-auth (the probes and wait-for-mlflow need no login), MinIO's postStart hook keeps
+the keys out of process arguments (run against a stand-in ``mc``), and the egress rule's address
+arithmetic."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,54 @@ def test_health_is_open_and_the_api_is_not_under_basic_auth():
 )
 def test_an_ip_block_reaches_the_metadata_address_unless_excepted(block, reaches):
     assert netp._reaches_metadata(block) is reaches
+
+
+FAKE_MC = r"""#!/bin/bash
+# Records each call (its arguments, one per line, then its standard input) and plays MinIO:
+# `admin policy attach` fails when $ATTACHED says the policy is attached already.
+{ printf 'ARGV'; printf ' %s' "$@"; printf '\n'; } >> "$MC_CALLS"
+case "$1 $2 $3" in
+  "admin user add") IFS= read -r secret; printf 'STDIN %s\n' "$secret" >> "$MC_CALLS" ;;
+  "admin policy attach") [ -z "$ATTACHED" ] || exit 1 ;;
+  "admin user info") echo "PolicyName: ${ATTACHED:-readwrite}" ;;
+esac
+exit 0
+"""
+
+
+def minio_hook() -> tuple[list[str], dict]:
+    """The MinIO container's postStart command and its env (the gpu overlay)."""
+    (sts,) = [
+        o
+        for o in render(K8S / "overlays" / "gpu", require_kubectl())
+        if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "minio"
+    ]
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    return c["lifecycle"]["postStart"]["exec"]["command"], c
+
+
+@pytest.mark.parametrize("attached, succeeds", [("", True), ("mlflow-artifacts", True), ("other", False)])
+def test_the_minio_hook_passes_no_key_in_arguments(tmp_path, attached, succeeds):
+    """The hook with a stand-in ``mc``: the new user's secret key goes on ``mc admin user add``'s
+    standard input, no key is in any argument, and a second start (policy attached already)
+    succeeds while a user without the policy fails the hook."""
+    command, container = minio_hook()
+    (tmp_path / "mc").write_text(FAKE_MC)
+    (tmp_path / "mc").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "MC_CALLS": str(calls),
+        "ATTACHED": attached,
+        "MLFLOW_ACCESS_KEY": "mlflow-user",
+        "MLFLOW_SECRET_KEY": "s3cr3t-of-mlflow",
+    }
+    assert {"MLFLOW_ACCESS_KEY", "MLFLOW_SECRET_KEY", "MC_HOST_local"} <= {
+        e["name"] for e in container["env"]
+    }
+    done = subprocess.run(command, env=env, cwd=tmp_path, timeout=60, capture_output=True, text=True)
+    assert (done.returncode == 0) is succeeds, done.stderr
+    lines = calls.read_text().splitlines()
+    assert "ARGV admin user add local mlflow-user" in lines
+    assert "STDIN s3cr3t-of-mlflow" in lines
+    assert not any("s3cr3t" in ln for ln in lines if ln.startswith("ARGV"))
