@@ -97,6 +97,11 @@ class SweepConfig:
         TrainConfig, "seed", help="seed of the search and of every trial (fixes the validation split)"
     )
     max_failures: int = setting(1, "retries of a crashed trial from its checkpoint")
+    trial_timeout: float = setting(
+        7200.0,
+        "seconds a trial may go without finishing an epoch (its first includes loading the data); "
+        "then it is ended and recorded as timed out with the worst figures, not retried; 0: no limit",
+    )
     checkpoint_every: int = setting(
         1,
         "a trial saves a checkpoint every N epochs; also at its last epoch, at every ASHA milestone "
@@ -210,6 +215,10 @@ class SweepConfig:
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(flag, value, "must be an integer >= 1")
+        if isinstance(self.trial_timeout, bool) or not (
+            isinstance(self.trial_timeout, int | float) and 0 <= self.trial_timeout < math.inf
+        ):
+            raise bad("--trial-timeout", self.trial_timeout, "must be a number of seconds >= 0 (0: no limit)")
         if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
             raise bad("--cpus-per-trial", self.cpus_per_trial, "must be > 0")
         if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):

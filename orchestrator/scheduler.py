@@ -32,7 +32,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.pareto import penalised_score
-from trainers.metrics import EPOCH, VAL_ACC, VAL_ACR
+from trainers.metrics import ENDED, EPOCH, VAL_ACC, VAL_ACR
 
 SHARE_MARGIN = 0.02  # as orchestrator.searcher.SHARE_MARGIN (not imported: no Optuna here)
 
@@ -123,6 +123,8 @@ class PenalisedASHA(FIFOScheduler):
     @staticmethod
     def _figures(trial: Any, result: dict) -> tuple[float, float, float, int] | None:
         if EPOCH not in result or VAL_ACC not in result or VAL_ACR not in result:
+            return None
+        if any(result.get(k) for k in ENDED):  # its worst figures measure no model: not ranked
             return None
         try:
             acc, acr, epoch = float(result[VAL_ACC]), float(result[VAL_ACR]), int(result[EPOCH])

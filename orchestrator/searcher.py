@@ -26,11 +26,12 @@ region of *that* target is. The design, and the problem each part answers (issue
   stopped early is PRUNED with its last ACR as the intermediate value at its last epoch (TPE
   ranks PRUNED below every COMPLETE feasible trial): the epoch count of its last result is
   below its config's ``epochs``. Ray sets ``done`` on the result of a stopped trial too, so
-  ``done`` cannot tell them apart. A trial that raised or reported a non-finite figure
-  (diverged) is told as COMPLETE with the worst figures a model can have, val_acc = 0 and
-  ACR = 0: maximally infeasible, so TPE puts it in the bad group and learns to avoid the region
-  (a FAIL is ignored by TPE). Divergence is a property of the config, not of a target, so it
-  is added to every study. A trial Ray cancelled before it ran is FAIL (nothing was measured).
+  ``done`` cannot tell them apart. A trial that raised, reported a non-finite figure or
+  ended marked ``diverged``/``timed_out`` (``trainers.metrics.ENDED``) is told as COMPLETE
+  with the worst figures a model can have, val_acc = 0 and ACR = 0: maximally infeasible, so
+  TPE puts it in the bad group and learns to avoid the region (a FAIL is ignored by TPE).
+  Divergence is a property of the config, not of a target, so it is added to every study.
+  A trial Ray cancelled before it ran is FAIL (nothing was measured).
 * **Cheap at scale.** The studies live in memory (Optuna's in-memory storage): no database
   read per ask, even with ``constant_liar``, and no rescans: a finished trial costs one
   ``tell`` and at most K-1 ``add_trial``. What remains is TPE's own work, linear in the size
@@ -75,7 +76,7 @@ from ray.tune.search import Searcher
 
 from orchestrator.cli import format_target
 from search_spaces import SearchSpace, SpaceContext
-from trainers.metrics import DONE, EPOCH, VAL_ACC, VAL_ACR
+from trainers.metrics import DONE, ENDED, EPOCH, VAL_ACC, VAL_ACR
 
 logger = logging.getLogger(__name__)
 CONSTRAINT = "val_acc_shortfall"
@@ -117,7 +118,7 @@ def classify(
     means the scheduler stopped it (PRUNED). Without ``epochs`` the trainer's ``done`` flag
     decides (Ray also sets it on stopped trials, so it is only a fallback).
     """
-    if error:
+    if error or any((result or {}).get(k) for k in ENDED):  # raised, diverged or timed out
         return FAILED, None, None
     if not result:
         return CANCELLED, None, None

@@ -51,6 +51,8 @@ CASES = [
     (["--dataset", "mnist", "--accs", "0.7", "--name", "a/b"], "--name 'a/b'"),
     (["--dataset", "mnist", "--accs", "0.7", "--name", "abc\n"], "--name 'abc\\n'"),  # a final newline
     (["--dataset", "mnist", "--accs", "nan"], "--accs nan"),
+    (["--dataset", "mnist", "--accs", "0.7", "--trial-timeout", "-1"], "--trial-timeout -1.0"),
+    (["--dataset", "mnist", "--accs", "0.7", "--trial-timeout", "inf"], "--trial-timeout inf"),
     (["--accs", "0.7"], "--dataset"),
     (["--resume", "nope"], "--resume 'nope': no sweep of that name"),
     (

@@ -11,6 +11,13 @@ from __future__ import annotations
 
 EPOCH = "epoch"  # epochs completed (Tune's time attribute for early stopping)
 DONE = "done"  # True on the result of the last epoch: a trial without it was stopped early
+# A trial that ended without finishing its epochs, for a reason of its own, reports a last
+# result with one of these set to 1, the worst figures (val_acc = val_acr = 0) and the reason
+# as text under END_REASON; it is finished, not failed, so it is not retried.
+DIVERGED = "diverged"  # its loss became NaN or infinite
+TIMED_OUT = "timed_out"  # no epoch finished within the sweep's --trial-timeout
+END_REASON = "end_reason"
+ENDED = (DIVERGED, TIMED_OUT)
 
 ACC = "acc"  # clean accuracy
 # ACR as published (PAPER.md, the authors' evaluation): each radius counted up to the data set's
