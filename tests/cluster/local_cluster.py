@@ -191,10 +191,9 @@ class Rehearsal:
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
+            "fsync=off",  # an OS crash may lose data; a killed server (stop_postgres) may not
         ]
+        self._pg_server = (server, owner, env)  # what restart_postgres starts again
         log = self.logs / f"{pod}.log"
         with open(log, "ab") as out:
             subprocess.Popen(
@@ -419,6 +418,42 @@ class Rehearsal:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None
+
+    # --- faults (tests/cluster/test_rehearsal.py) -------------------------------------------------
+    def stop_postgres(self) -> int:
+        """The PostgreSQL pod lost: SIGKILL its server (no shutdown, no checkpoint; its backends,
+        whose process titles overwrite the marker, exit on losing it); returns how many processes
+        were killed."""
+        return self.kill_pod(f"postgres-{self.generation['postgres']}")
+
+    def restart_postgres(self) -> None:
+        """The StatefulSet's replacement pod: the same server on the same data folder and port
+        (it runs crash recovery first); returns once it accepts connections."""
+        import psycopg2
+
+        server, owner, env = self._pg_server
+        pod = self.new_pod("postgres")
+        log = self.logs / f"{pod}.log"
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                server, env=self.env(pod), stdout=out, stderr=out, start_new_session=True, **owner
+            )
+
+        def accepts() -> bool:
+            try:
+                psycopg2.connect(
+                    host="127.0.0.1",
+                    port=self.pg_port,
+                    user=env["POSTGRES_USER"],
+                    password=env["POSTGRES_PASSWORD"],
+                    dbname="postgres",
+                    connect_timeout=5,
+                ).close()
+                return True
+            except psycopg2.OperationalError:
+                return False
+
+        ps.wait_until("PostgreSQL accepts connections again", accepts, 120, why=lambda: ps.tail(log))
 
 
 def wait_for_exit(check, timeout_s: float) -> float | None:

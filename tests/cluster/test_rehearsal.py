@@ -1,5 +1,5 @@
 """The cluster path for real, on one machine: the cpu-dev overlay's pods as processes, a sweep
-submitted as its RayJob would be, the head SIGKILLed mid-sweep and the job resubmitted.
+submitted as its RayJob would be, and a pod lost mid-sweep: the head, a worker, PostgreSQL.
 
 What runs comes from the rendered manifests (``kubectl kustomize k8s/overlays/cpu-dev``):
 PostgreSQL with the StatefulSet's credentials; MLflow's init steps and ``mlflow server`` with the
@@ -9,13 +9,23 @@ KubeRay's submitter does, with every flag kept and only the sizes made small (``
 Optuna studies go to PostgreSQL (``--optuna-storage`` of the manifest), the data is fetched by
 the head's prefetch step, never by trials.
 
-Then the head "pod" (every process it ran, the driver included) is SIGKILLed once the first
-finished trial has reached Tune's saved experiment state (written every 2 s); trials still
-running then are in flight. The worker's raylet gives up on the lost head and exits, as a worker
-pod would (or the worker is replaced after 30 s); a new head and worker start and the same
-command is resubmitted under the same submission id, as the submitter Job's retry does. The
-sweep must finish with every trial once in MLflow and in Optuna, finished trials not run again,
-the frontier files logged, each winner registered once. The run's timings are printed and
+The trials are ACERT behind a gate (``GATED``: tests/gated_method.py, tests/gate.py): the first
+trial trains through and finishes; every other one waits at its first step, mid-epoch, until the
+test opens the gate. A fault is injected once the finished trial is in MLflow and in Tune's saved
+experiment state (written every 2 s) and every trial in flight waits at the gate: what happens
+then does not depend on how fast or loaded the machine is.
+
+- The head "pod" (every process it ran, the driver included) is SIGKILLed. The worker's raylet
+  gives up on the lost head and exits, as a worker pod would (or the worker is replaced after
+  30 s); a new head and worker start and the same command is resubmitted under the same
+  submission id, as the submitter Job's retry does.
+- The worker pod is SIGKILLed (no SIGTERM: its trials cannot save) and a new one starts; the
+  driver lives on and runs the lost trials again (``--max-failures``).
+- PostgreSQL (MLflow's backend and the Optuna studies) is SIGKILLed; the trials go on and the
+  driver's MLflow requests fail (the test waits for one) until it is back on its data.
+
+Each sweep must finish with every trial once in MLflow and in Optuna, finished trials not run
+again, the frontier files logged, each winner registered once. The timings are printed and
 written to ``rehearsal.json`` in the test's folder.
 
 What only a real cluster shows (k8s/README.md, "Checking without a cluster"): the operator's
@@ -26,24 +36,29 @@ volumes and image pulls.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.gate import Gate
 from tests.k8s.kubectl import render, require_kubectl
 from tests.k8s.sweep_policy import sweep_violations
 
 from . import processes as ps
 from .local_cluster import Rehearsal, find, wait_for_exit
+from .records import check_records, epochs_rerun, finished_trials, saved_after, saved_trials
 from .translate import flag_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-K8S = Path(__file__).resolve().parents[2] / "k8s"
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
 OVERLAY = "cpu-dev"
-# The sizes of a sweep that fits this 2-core machine; every other flag is the manifest's.
+# The sizes of a sweep that fits this 2-core machine; every other flag is the manifest's...
 SMALL = {
     "--dataset": "synthetic",
     "--accs": "0.3,0.4",
@@ -53,6 +68,9 @@ SMALL = {
     "--val-acr-samples": "50",
     "--test-samples": "100",
 }
+# ...but the method: ACERT behind the test's gate, a plugin as a user's own method would be.
+METHOD = "gated-acert"
+GATED = {"--methods": METHOD, "--plugins": "tests.gated_method"}
 # What a restarted job relies on: these must stay in the manifest's entrypoint.
 NEEDED = (
     "--name",
@@ -63,12 +81,11 @@ NEEDED = (
     "--tracking-uri",
     "--optuna-storage",
     "--no-download",
+    "--max-concurrent",
 )
 SUBMISSION_ID = "rehearsal-attempt-1"  # KubeRay's submitter retries reuse the attempt's id
-# Ray Tune's error when a restored trial's checkpoint was deleted after the experiment state that
-# names it was saved; orchestrator/sweep.py keeps two checkpoints per trial so that it cannot
-# happen (check_records fails on it).
-CHECKPOINT_RACE = "Could not recover from checkpoint as it does not exist on storage anymore"
+# What ``mlflow server`` logs when a request fails (e.g. on a lost database connection).
+HANDLER_ERROR = "ERROR mlflow.server.handlers: Error in"
 
 
 def require_modules() -> None:
@@ -86,13 +103,13 @@ def require_modules() -> None:
 
 
 def small_sweep(objects: list[dict]) -> list[dict]:
-    """The overlay as rehearsed: the entrypoint with the sizes of SMALL and the head's prefetch
+    """The overlay as rehearsed: the entrypoint with SMALL and GATED and the head's prefetch
     step for the same data set. It must still pass the sweep policy of tests/k8s."""
     spec = find(objects, "RayJob")["spec"]
     words = shlex.split(spec["entrypoint"])
     flags = flag_values(words[3:])
     assert set(NEEDED) <= set(flags), f"the entrypoint lost {set(NEEDED) - set(flags)}"
-    flags.update(SMALL)
+    flags.update({**SMALL, **GATED})
     spec["entrypoint"] = shlex.join(
         words[:3] + [w for f, v in flags.items() for w in ([f] if v is None else [f, v])]
     )
@@ -103,77 +120,125 @@ def small_sweep(objects: list[dict]) -> list[dict]:
     return objects
 
 
-def trial_runs(uri: str):
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
+@pytest.fixture
+def objects() -> list[dict]:
+    kubectl = require_kubectl()
+    require_modules()
+    return small_sweep(render(K8S / "overlays" / OVERLAY, kubectl))
 
-    c = MlflowClient(tracking_uri=uri)
-    exp = c.get_experiment_by_name(f"acert-sweep-{SMALL['--dataset']}")
-    if exp is None:
-        return c, []
-    return c, list(
-        c.search_runs([exp.experiment_id], "tags.`sweep.role` = 'trial'", run_view_type=ViewType.ALL)
+
+@pytest.fixture
+def gate(tmp_path, monkeypatch):
+    """The trials' gate; every pod started from now on inherits its folder, and the repository
+    on PYTHONPATH (where the image would have the plugin installed). Opened on teardown, so
+    that no trial outlives a failed test at the gate."""
+    g = Gate(tmp_path / "gate")
+    for k, v in g.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    try:
+        yield g
+    finally:
+        g.open()
+
+
+def sweep_flags(rh: Rehearsal) -> dict[str, str | None]:
+    return flag_values(shlex.split(rh.job["spec"]["entrypoint"]))
+
+
+def experiment(rh: Rehearsal) -> Path:
+    return Path(rh.endpoints.path("/mnt/acert/sweeps")) / sweep_flags(rh)["--name"] / METHOD
+
+
+def start_cluster(rh: Rehearsal) -> tuple[str, str]:
+    """PostgreSQL, MLflow (refusing a request without the login), the head (its dashboard
+    refusing a request without the token), one worker; returns (head, worker)."""
+    rh.start_postgres()
+    rh.start_mlflow()
+    assert rh.mlflow_api_code(login=False) == 401, "MLflow must refuse a request without the login"
+    head = rh.start_head()
+    assert rh.http_code(f"{rh.dashboard}/api/jobs/") == 401, (
+        "the dashboard must refuse a request without the token"
+    )
+    return head, rh.start_worker()
+
+
+@dataclass
+class AtTheGate:
+    """A submitted sweep with one trial finished and every trial in flight waiting mid-epoch."""
+
+    submitter: str
+    log: ps.LogWatch
+    finished: dict  # {trial id: val_acr history} in MLflow
+    waiting: list[str]  # trial ids
+    saved: dict  # Tune's saved state: {trial id: {"status", "num_failures"}}
+
+
+def run_to_the_gate(rh: Rehearsal, gate: Gate, worker: str) -> AtTheGate:
+    """Submit the sweep and wait until the trial that went through is FINISHED in MLflow, the
+    trials in flight (--max-concurrent) wait at the gate and Tune has saved that state."""
+    submitter, log = rh.submit(SUBMISSION_ID)
+
+    def why() -> str:
+        return ps.tail(log.path) + "\n" + ps.tail(rh.logs / f"{worker}.log", 10)
+
+    waiting = gate.wait_for_waiting(int(sweep_flags(rh)["--max-concurrent"]), why=why)
+    first = gate.passed()
+    dataset = SMALL["--dataset"]
+    ps.wait_until(
+        f"trial {first}, which went through the gate, is FINISHED in MLflow",
+        lambda: first in finished_trials(rh.tracking_uri, dataset),
+        300,
+        why=why,
+    )
+    finished = finished_trials(rh.tracking_uri, dataset)
+    assert set(finished) == {first}, f"only {first} went through the gate: {sorted(finished)}"
+    queried = time.time() + 1.0  # after the mtime's granularity
+    ps.wait_until(
+        "Tune saves its state after that", lambda: saved_after(experiment(rh), queried), 120, 0.2, why
+    )
+    saved = saved_trials(experiment(rh))
+    assert saved[first]["status"] == "TERMINATED", saved
+    assert all(saved[t]["status"] == "RUNNING" for t in waiting), (waiting, saved)
+    assert rh.job_status(SUBMISSION_ID) == "RUNNING", ps.tail(log.path)
+    return AtTheGate(submitter, log, finished, waiting, saved)
+
+
+def wait_for_the_end(rh: Rehearsal, submitter: str, log: ps.LogWatch) -> float:
+    ps.wait_until(
+        "the sweep ends",
+        lambda: log.poll() is not None and not rh.pod_alive(submitter),
+        900,
+        every_s=1,
+        why=lambda: ps.tail(log.path),
+    )
+    t_end = time.monotonic()
+    assert rh.job_status(SUBMISSION_ID) == "SUCCEEDED", ps.tail(log.path, 80)
+    return t_end
+
+
+def records(rh: Rehearsal, before: dict) -> dict[str, int]:
+    return check_records(
+        rh,
+        before,
+        name=sweep_flags(rh)["--name"],
+        method=METHOD,
+        dataset=SMALL["--dataset"],
+        budget=int(SMALL["--trials"]),
     )
 
 
-def history(c, run) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_acr")]
+def report(tmp_path: Path, what: str, **figures) -> None:
+    (tmp_path / "rehearsal.json").write_text(json.dumps(figures, indent=2))
+    print(f"rehearsal, {what}:", json.dumps(figures))
 
 
-def saved_statuses(experiment: Path) -> dict[str, int]:
-    """{status: trials} in Tune's newest saved experiment state: what a restore starts from."""
-    newest = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    statuses = [json.loads(t[0])["status"] for t in json.loads(newest.read_text())["trial_data"]]
-    return {s: statuses.count(s) for s in sorted(set(statuses))}
-
-
-def saved_after(experiment: Path, wall_time: float) -> bool:
-    """Whether Tune saved its experiment state (experiment_state-*.json) after ``wall_time``."""
-    return any(p.stat().st_mtime > wall_time for p in experiment.glob("experiment_state-*.json"))
-
-
-def epochs_rerun(experiment: Path) -> int:
-    """Epochs that a restored trial reported a second time (its result.json repeats them)."""
-    rerun = 0
-    for result in experiment.glob("*/result.json"):
-        steps = [
-            json.loads(line).get("training_iteration") for line in result.read_text().splitlines() if line
-        ]
-        rerun += len(steps) - len(set(steps))
-    return rerun
-
-
-def test_a_killed_head_resumes_the_sweep_from_the_manifests(tmp_path):
-    pg_bin, kubectl = ps.require_postgres(), require_kubectl()
-    require_modules()
-    objects = small_sweep(render(K8S / "overlays" / OVERLAY, kubectl))
+def test_a_killed_head_resumes_the_sweep_from_the_manifests(tmp_path, objects, gate):
     t0 = time.monotonic()
-    with Rehearsal(objects, tmp_path, pg_bin) as rh:
-        rh.start_postgres()
-        rh.start_mlflow()
-        head = rh.start_head()
-        assert rh.http_code(f"{rh.dashboard}/api/jobs/") == 401, (
-            "the dashboard must refuse a request without the token"
-        )
-        worker = rh.start_worker()
+    with Rehearsal(objects, tmp_path, ps.require_postgres()) as rh:
+        head, worker = start_cluster(rh)
         t_up = time.monotonic()
-        submitter, log = rh.submit(SUBMISSION_ID)
-        ps.wait_until(
-            "a first trial finishes",
-            lambda: log.count("[acert] trial ") >= 1,
-            600,
-            why=lambda: ps.tail(log.path) + "\n" + ps.tail(rh.logs / f"{worker}.log", 10),
-        )
-        c, runs = trial_runs(rh.tracking_uri)
-        before = {r.data.tags["ray.trial_id"]: history(c, r) for r in runs if r.info.status == "FINISHED"}
-        # Kill once Tune's saved state holds those: what finished by then must survive the kill.
-        experiment = Path(rh.endpoints.path("/mnt/acert/sweeps")) / sweep_name(rh) / "acert"
-        queried = time.time() + 1.0
-        ps.wait_until(
-            "Tune saves its state after that", lambda: saved_after(experiment, queried), 120, every_s=0.2
-        )
-        assert rh.job_status(SUBMISSION_ID) == "RUNNING", ps.tail(log.path)
-        saved = saved_statuses(experiment)
+        at = run_to_the_gate(rh, gate, worker)
 
         t_kill = time.monotonic()
         killed = rh.kill_pod(head)  # the head pod is lost: GCS, raylet, dashboard, the driver
@@ -181,110 +246,88 @@ def test_a_killed_head_resumes_the_sweep_from_the_manifests(tmp_path):
         # loaded machine); after 30 s its "pod" is replaced anyway, as KubeRay replaces a failed one.
         worker_gone = wait_for_exit(lambda: rh.pod_alive(worker), 30)
         rh.kill_pod(worker)
-        rh.kill_pod(submitter)  # `ray job logs --follow` lost the head: the submitter pod fails
+        rh.kill_pod(at.submitter)  # `ray job logs --follow` lost the head: the submitter pod fails
         rh.start_head()
         rh.start_worker()
+        gate.open()  # the restored trials train through
         submitter, log2 = rh.submit(SUBMISSION_ID)  # the submitter Job's retry: the same command
-        ps.wait_until(
-            "the resubmitted sweep ends",
-            lambda: log2.poll() is not None and not rh.pod_alive(submitter),
-            900,
-            every_s=1,
-            why=lambda: ps.tail(log2.path),
-        )
-        t_end = time.monotonic()
-        assert rh.job_status(SUBMISSION_ID) == "SUCCEEDED", ps.tail(log2.path, 80)
+        t_end = wait_for_the_end(rh, submitter, log2)
         assert log2.first("restoring") is not None, "the resubmitted sweep did not resume"
-        faults = check_records(rh, before)
-        report = {
-            "wall_s": round(time.monotonic() - t0, 1),
-            "setup_s": round(t_up - t0, 1),
-            "processes_killed_with_the_head": killed,
-            "worker_exit_after_head_loss_s": None if worker_gone is None else round(worker_gone, 1),
-            "finished_before_kill": len(before),
-            "saved_trial_statuses_at_kill": saved,
-            "epochs_rerun": epochs_rerun(experiment),
+        faults = records(rh, at.finished)
+        report(
+            tmp_path,
+            "head killed",
+            wall_s=round(time.monotonic() - t0, 1),
+            setup_s=round(t_up - t0, 1),
+            processes_killed_with_the_head=killed,
+            worker_exit_after_head_loss_s=None if worker_gone is None else round(worker_gone, 1),
+            waiting_at_the_kill=at.waiting,
+            saved_trials_at_kill=at.saved,
+            epochs_rerun=epochs_rerun(experiment(rh)),
             **faults,
-            "kill_to_restored_s": round(log2.first("restoring") - t_kill, 1),
-            "kill_to_next_trial_done_s": round((log2.first("[acert] trial ") or t_end) - t_kill, 1),
-            "kill_to_end_s": round(t_end - t_kill, 1),
-        }
-    (tmp_path / "rehearsal.json").write_text(json.dumps(report, indent=2))
-    print("rehearsal:", json.dumps(report))
-
-
-def sweep_name(rh: Rehearsal) -> str:
-    return flag_values(shlex.split(rh.job["spec"]["entrypoint"]))["--name"]
-
-
-def check_records(rh: Rehearsal, before: dict) -> dict[str, int]:
-    """Every trial once in MLflow and in Optuna, finished ones untouched, the frontier files and
-    each winner's model version once; the Optuna studies in PostgreSQL, no SQLite beside them.
-
-    Two resume faults that once hit trials in flight at the kill are checked for explicitly
-    (fixed in orchestrator/sweep.py and orchestrator/callbacks.py; both depend on where in Tune's
-    2 s between saved states the kill falls):
-
-    - ``trials_lost_to_the_checkpoint_race``: a checkpoint written after the last saved
-      experiment state deleted the one that state names, and the restored trial could not start
-      (``CHECKPOINT_RACE``); two checkpoints are kept per trial now;
-    - ``epochs_logged_twice``: an epoch logged to MLflow after the last saved state, trained
-      again after the restore, was logged a second time (same step); logged steps are skipped now."""
-    import optuna
-
-    name, budget = sweep_name(rh), int(SMALL["--trials"])
-    c, runs = trial_runs(rh.tracking_uri)
-    recorded = [r for r in runs if r.info.status != "KILLED"]  # KILLED: asked for, lost before Ray saved it
-    ids = [r.data.tags["ray.trial_id"] for r in recorded]
-    assert len(ids) == len(set(ids)) == budget, sorted(ids)
-    failed = [r for r in recorded if r.info.status == "FAILED"]
-    assert all(r.info.status in ("FINISHED", "FAILED") for r in recorded)
-    by_id = {r.data.tags["ray.trial_id"]: r for r in recorded}
-    for trial_id, hist in before.items():
-        assert by_id[trial_id].info.status == "FINISHED", (
-            f"finished trial {trial_id} is now {by_id[trial_id].info.status}"
+            kill_to_restored_s=round(log2.first("restoring") - t_kill, 1),
+            kill_to_end_s=round(t_end - t_kill, 1),
         )
-        assert history(c, by_id[trial_id]) == hist, f"finished trial {trial_id} was run again"
-    twice = 0
-    for r in recorded:
-        steps = [s for s, _ in history(c, r)]
-        twice += len(steps) - len(set(steps))
-    race = [r for r in failed if CHECKPOINT_RACE in r.data.tags.get("failure_reason", "")]
-    faults = {"trials_lost_to_the_checkpoint_race": len(race), "epochs_logged_twice": twice}
-    assert not any(faults.values()), f"trials in flight at the kill were hurt on resume: {faults}"
-    assert not failed, [r.data.tags.get("failure_reason") for r in failed]
 
-    (parent,) = c.search_runs([recorded[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
-    assert parent.info.status == "FINISHED"
-    assert parent.data.params["download"] == "False" and parent.data.params["shared_storage"] == "True"
-    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {
-        "frontier.csv",
-        "frontier.json",
-        "frontier.html",
-        "frontier.png",
-    }
-    proxied = Path(rh.endpoints.path("/mnt/mlflow-artifacts"))
-    assert list(proxied.rglob("frontier.json")), (
-        "artifacts did not go through the server's --artifacts-destination"
-    )
-    sweep_dir = Path(rh.endpoints.path("/mnt/acert/sweeps")) / name
-    rows = [r for r in json.loads((sweep_dir / "frontier.json").read_text()) if r["status"] == "ok"]
-    assert rows, "the synthetic targets are low: some must be feasible"
-    for row in rows:
-        versions = c.search_model_versions(f"name='{row['registered_model']}'")
-        assert len(versions) == 1 and versions[0].run_id == parent.info.run_id, row["registered_model"]
 
-    storage = parent.data.params["optuna_storage"]
-    assert storage.startswith("postgresql+psycopg2://127.0.0.1:") and not list(sweep_dir.glob("optuna.*"))
-    user, password = rh.secrets["acert-postgres"]["username"], rh.secrets["acert-postgres"]["password"]
-    url = storage.replace("://", f"://{user}:{password}@", 1)
-    optuna_ids = []
-    for study_name in optuna.get_all_study_names(storage=url):
-        assert study_name.startswith(f"{name}-acert-acc"), study_name
-        trials = optuna.load_study(study_name=study_name, storage=url).get_trials(deepcopy=False)
-        optuna_ids += [
-            t.user_attrs["ray_trial_id"] for t in trials if t.state != optuna.trial.TrialState.FAIL
-        ]
-    assert len(optuna_ids) == len(set(optuna_ids)), "a trial is twice in the Optuna record"
-    assert set(optuna_ids) == set(ids)
-    return faults
+def test_a_worker_killed_mid_epoch_is_replaced_and_its_trials_run_again(tmp_path, objects, gate):
+    t0 = time.monotonic()
+    with Rehearsal(objects, tmp_path, ps.require_postgres()) as rh:
+        _, worker = start_cluster(rh)
+        at = run_to_the_gate(rh, gate, worker)
+
+        t_kill = time.monotonic()
+        killed = rh.kill_pod(worker)  # SIGKILL, no SIGTERM: the trials cannot save anything
+        rh.start_worker()  # KubeRay replaces the lost worker pod
+        gate.open()
+        t_end = wait_for_the_end(rh, at.submitter, at.log)
+        assert at.log.first("restoring") is None, "the driver was restarted: only the worker was lost"
+        faults = records(rh, at.finished)
+        failures = {t: s["num_failures"] for t, s in saved_trials(experiment(rh)).items()}
+        assert all(failures[t] == 1 for t in at.waiting), f"each killed trial runs once more: {failures}"
+        report(
+            tmp_path,
+            "worker killed",
+            wall_s=round(time.monotonic() - t0, 1),
+            processes_killed_with_the_worker=killed,
+            waiting_at_the_kill=at.waiting,
+            trial_failures=failures,
+            **faults,
+            kill_to_end_s=round(t_end - t_kill, 1),
+        )
+
+
+def test_postgres_restarted_mid_sweep(tmp_path, objects, gate):
+    t0 = time.monotonic()
+    with Rehearsal(objects, tmp_path, ps.require_postgres()) as rh:
+        _, worker = start_cluster(rh)
+        at = run_to_the_gate(rh, gate, worker)
+        server_log = ps.LogWatch(rh.logs / "mlflow-1.log")
+        before = server_log.count(HANDLER_ERROR)
+
+        t_stop = time.monotonic()
+        killed = rh.stop_postgres()
+        gate.open()  # the trials train on and report while the database is down
+        # Only the driver sends MLflow requests now (the test sends none until the sweep ends):
+        # a request handler's error is the sweep meeting the outage.
+        ps.wait_until(
+            "a request of the sweep fails on the lost database",
+            lambda: server_log.count(HANDLER_ERROR) > before,
+            600,
+            why=lambda: ps.tail(at.log.path) + "\n" + ps.tail(server_log.path, 10),
+        )
+        rh.restart_postgres()
+        t_back = time.monotonic()
+        t_end = wait_for_the_end(rh, at.submitter, at.log)
+        assert at.log.first("restoring") is None, "the driver was restarted: only PostgreSQL was lost"
+        faults = records(rh, at.finished)
+        report(
+            tmp_path,
+            "PostgreSQL restarted",
+            wall_s=round(time.monotonic() - t0, 1),
+            processes_killed_with_postgres=killed,
+            mlflow_request_errors=server_log.count(HANDLER_ERROR) - before,
+            outage_s=round(t_back - t_stop, 1),
+            **faults,
+            back_to_end_s=round(t_end - t_back, 1),
+        )
