@@ -14,9 +14,9 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.config import SweepConfig
-from orchestrator.mlflow_log import SweepTracker, result_metrics
 from orchestrator.pareto import TrialPoint, satisfied_targets, select_winner
 from orchestrator.searcher import measured
+from orchestrator.tracking import SweepTracker, result_metrics
 from trainers import metrics as M
 from trainers.settings import ConfigError
 
@@ -33,15 +33,23 @@ def failure_reason(trial: Any) -> str:
     return lines[-1] if lines else "trial errored (no error text)"
 
 
+def ended_as(result: dict[str, Any] | None) -> str | None:
+    """``diverged`` or ``timed_out`` for a trial the trainable ended that way, else None."""
+    return next((k for k in M.ENDED if (result or {}).get(k)), None)
+
+
 def trial_point(trial: Any, method: str) -> TrialPoint:
     m = measured(trial.last_result, M.VAL_ACR)
     acc, acr = m if m else (math.nan, math.nan)
-    return TrialPoint(trial.trial_id, acc, acr, method, dict(trial.config), failed=trial.status == "ERROR")
+    failed = trial.status == "ERROR" or ended_as(trial.last_result) is not None
+    return TrialPoint(trial.trial_id, acc, acr, method, dict(trial.config), failed=failed)
 
 
 class MlflowTrialCallback(Callback):
     """A nested child run per trial: its whole training config (``SweepConfig.trial``) and the
-    searcher's keys (target) as params, per-epoch metrics, status and satisfied targets."""
+    searcher's keys (target) as params, per-epoch metrics, status and satisfied targets. Writes go
+    through the tracker's journal, so an MLflow outage never raises here (an exception in a Tune
+    callback would end the experiment)."""
 
     def __init__(self, tracker: SweepTracker, method: str, sweep: SweepConfig) -> None:
         self.tracker, self.method, self.sweep = tracker, method, sweep
@@ -49,35 +57,50 @@ class MlflowTrialCallback(Callback):
         self._last_step: dict[str, int] = {}
 
     def _run(self, trial: Any) -> str:
-        config = dict(trial.config)
-        try:
-            params = self.sweep.trial(config).to_dict()
-        except ConfigError:  # the trial itself fails with this error; its run records why
-            params = {}
-        return self.tracker.trial_run(trial.trial_id, self.method, {**params, **config})
+        if not self.tracker.has_trial(trial.trial_id):
+            config = dict(trial.config)
+            try:
+                params = self.sweep.trial(config).to_dict()
+            except ConfigError:  # the trial itself fails with this error; its run records why
+                params = {}
+            self.tracker.trial(trial.trial_id, self.method, {**params, **config})
+        return trial.trial_id
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
         step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
-        run_id = self._run(trial)
-        last = self._last_step.get(trial.trial_id)
+        trial_id = self._run(trial)
+        last = self._last_step.get(trial_id)
         if last is None:  # first result this driver sees: after a restore the run may hold more epochs
-            last = self.tracker.last_step(run_id, M.VAL_ACR)
+            last = self.tracker.last_step(trial_id, M.VAL_ACR)
         if step <= last:
             return  # an epoch trained again after Tuner.restore: it was logged before the kill
-        self._last_step[trial.trial_id] = step
-        self.tracker.log_metrics(run_id, result_metrics(result), step=step)
+        self._last_step[trial_id] = step
+        self.tracker.log_trial_metrics(trial_id, result_metrics(result), step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
         m = measured(trial.last_result, M.VAL_ACR)
-        run_id = self._run(trial)
-        if m is None:  # finished without a usable measurement (e.g. NaN validation ACR)
+        trial_id = self._run(trial)
+        ended = ended_as(trial.last_result)
+        if ended is not None:  # diverged or hung: finished (not retried) with the worst figures
             self.tracker.end_trial(
-                run_id, status="FAILED", reason="no finite val_acc/val_acr reported", targets=[]
+                trial_id,
+                status="FINISHED",
+                reason=str(trial.last_result.get(M.END_REASON, ended)),
+                targets=[],
+                ended=ended,
             )
             return
-        stopped = self._stopped_early(trial)
-        self.tracker.client.set_tag(run_id, "stopped_early", str(stopped).lower())
-        self.tracker.end_trial(run_id, status="FINISHED", targets=satisfied_targets(m[0], self.targets))
+        if m is None:  # finished without a usable measurement (e.g. NaN validation ACR)
+            self.tracker.end_trial(
+                trial_id, status="FAILED", reason="no finite val_acc/val_acr reported", targets=[]
+            )
+            return
+        self.tracker.end_trial(
+            trial_id,
+            status="FINISHED",
+            targets=satisfied_targets(m[0], self.targets),
+            stopped_early=self._stopped_early(trial),
+        )
 
     def _stopped_early(self, trial: Any) -> bool:
         """Ray marks a stopped trial's last result ``done`` too: compare epochs instead."""
@@ -114,6 +137,11 @@ class ProgressCallback(Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        ended = ended_as(trial.last_result)
+        if ended is not None:
+            reason = trial.last_result.get(M.END_REASON, "")
+            self._line(trials, trial, f"{ended.upper().replace('_', ' ')}: {reason}")
+            return
         p = trial_point(trial, self.method)
         self._line(trials, trial, f"val_acc={p.val_acc:.4f} val_acr={p.val_acr:.4f}")
 

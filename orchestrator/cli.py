@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,41 @@ def load_saved_config(storage: str, name: str) -> dict[str, Any]:
     """The ``sweep.json`` of an earlier sweep (local folder or pyarrow URI)."""
     from orchestrator.storage import read_text
 
-    text = read_text(f"{storage.rstrip('/')}/{name}/{SWEEP_FILE}")
+    uri = f"{storage.rstrip('/')}/{name}/{SWEEP_FILE}"
+    text = read_text(uri)
     if text is None:
         raise bad("--resume", name, f"no sweep of that name under {storage}")
-    return json.loads(text)
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad("--resume", name, f"{uri} is not valid JSON ({e}); it was damaged") from None
+    if not isinstance(saved, dict):
+        raise bad("--resume", name, f"{uri} is not a JSON object of sweep settings; it was damaged")
+    return saved
+
+
+def differing_settings(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """The settings a --resume-if-exists command asks for that differ from the saved sweep's,
+    as flags with both values (settings a sweep.json of an older version lacks are not compared)."""
+    out = []
+    for k, v in asked.items():
+        if k in _NOT_COMPARED or k in _CHANGEABLE_ON_RESUME or k not in saved:
+            continue
+        old = tuple(saved[k]) if isinstance(saved[k], list) else saved[k]
+        new = tuple(v) if isinstance(v, list) else v
+        if old != new and not (isinstance(old, int | float) and isinstance(new, int | float) and old == new):
+            out.append(f"--{k.replace('_', '-')} {_text(new)} (saved: {_text(old)})")
+    return out
+
+
+def _text(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 # Where things run may change on resume; what runs does not.
-_CHANGEABLE_ON_RESUME = ("address", "tracking_uri", "shared_storage")
+_CHANGEABLE_ON_RESUME = ("address", "tracking_uri", "shared_storage", "tracking_wait")
+# Not settings of what the sweep computes: made per run or derived from the name.
+_NOT_COMPARED = ("name", "resume", "storage", "sweep_id")
 
 
 def _flags(values: dict[str, Any]) -> list[str]:
@@ -162,26 +190,8 @@ def _parse(argv: list[str] | None) -> SweepConfig:
         raise bad("--dataset", "", "required (or give --resume NAME)")
     if ns.accs is None:
         raise bad("--accs", "", "required, e.g. --accs 0.6,0.7")
-    if ns.resume_if_exists:
-        from orchestrator.storage import read_text
-
-        if not ns.name:
-            raise bad("--resume-if-exists", True, "needs a fixed --name")
-        if read_text(f"{storage.rstrip('/')}/{ns.name}/{SWEEP_FILE}") is not None:
-            import sys
-
-            sys.stderr.write(
-                f"sweep {ns.name!r} exists under {storage}: resuming it with its saved settings\n"
-            )
-            return _parse(
-                [
-                    "--resume",
-                    ns.name,
-                    "--storage",
-                    storage,
-                    *_flags(given),
-                ]
-            )
+    if ns.resume_if_exists and not ns.name:
+        raise bad("--resume-if-exists", True, "needs a fixed --name")
     values = fields_from(ns, SweepConfig)
     values.update(
         resume=False,
@@ -190,5 +200,25 @@ def _parse(argv: list[str] | None) -> SweepConfig:
         storage=storage,
         tracking_uri=_absolute_sqlite(ns.tracking_uri or default_tracking_uri()),
         address=ns.address or os.environ.get("RAY_ADDRESS") or None,
+        sweep_id=uuid.uuid4().hex[:16],
     )
+    if ns.resume_if_exists:
+        from orchestrator.storage import read_text
+
+        if read_text(f"{storage.rstrip('/')}/{ns.name}/{SWEEP_FILE}") is not None:
+            saved = load_saved_config(storage, ns.name)
+            changed = differing_settings(saved, SweepConfig(**values).to_dict())
+            if changed:
+                raise bad(
+                    "--resume-if-exists",
+                    ns.name,
+                    f"the saved sweep differs in {'; '.join(changed)}: resume it with the same flags, "
+                    "or start a new sweep under another --name",
+                )
+            import sys
+
+            sys.stderr.write(
+                f"sweep {ns.name!r} exists under {storage}: resuming it with its saved settings\n"
+            )
+            return _parse(["--resume", ns.name, "--storage", storage, *_flags(given)])
     return SweepConfig(**values)

@@ -73,11 +73,20 @@ class SweepConfig:
     download: bool = same_as(TrainConfig, "download")
     name: str = setting("", "sweep name (default: <dataset>-<time>)")
     resume: bool = setting(False, "continue the sweep `name` (set by --resume NAME)", cli=False)
+    sweep_id: str = setting(
+        "", "the sweep's identity, made once and kept in sweep.json and on every MLflow run", cli=False
+    )
     storage: str = setting(
         "", "folder or pyarrow URI (s3://...) for Ray results and sweep.json (default: ./sweeps)"
     )
     tracking_uri: str = setting(
         "", "MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)"
+    )
+    tracking_wait: float = setting(
+        300.0,
+        "seconds to wait for an unreachable --tracking-uri server: at start (then exit 2) and before "
+        "the frontier is published (then exit 75: --resume finishes it); during the search an outage "
+        "never stops the sweep, its record waits in a journal in the sweep folder",
     )
     address: str | None = setting(
         None, "Ray cluster address ('auto' joins one; default: $RAY_ADDRESS, else local)"
@@ -227,6 +236,10 @@ class SweepConfig:
             raise bad("--gpus-per-trial", self.gpus_per_trial, "above 1 it must be a whole number")
         if not (math.isfinite(self.penalty) and self.penalty >= 0):
             raise bad("--penalty", self.penalty, "must be >= 0")
+        if not (isinstance(self.tracking_wait, int | float) and math.isfinite(self.tracking_wait)) or (
+            self.tracking_wait < 0
+        ):
+            raise bad("--tracking-wait", self.tracking_wait, "must be a number of seconds >= 0")
         if self.trials < len(self.accs):
             raise bad("--trials", self.trials, f"needs at least one trial per target ({len(self.accs)})")
         if self.grace_epochs > self.epochs:

@@ -70,7 +70,10 @@ def collect_points(grid: Any, method: str) -> MethodResults:
         m = measured(metrics, M.VAL_ACR)
         acc, acr = m if m else (math.nan, math.nan)
         config = {k: v for k, v in (result.config or {}).items()}
-        out.points.append(TrialPoint(trial_id, acc, acr, method, config, failed=result.error is not None))
+        ended = any((result.metrics or {}).get(k) for k in M.ENDED)
+        out.points.append(
+            TrialPoint(trial_id, acc, acr, method, config, failed=result.error is not None or ended)
+        )
         if result.checkpoint is not None:
             out.checkpoints[trial_id] = result.checkpoint
     return out
@@ -204,57 +207,40 @@ def register_winners(
 
     The model goes with a copy of ``trainers`` (it loads where the project is not installed)
     and with a real input example: the first validation sample of the data it was trained on
-    (``orchestrator.mlflow_log.log_winner_model``).
+    (``orchestrator.tracking.models``).
     """
     import sys
 
-    import mlflow
-
-    from orchestrator.mlflow_log import input_example, log_winner_model, uploaded_model
+    from orchestrator.tracking.models import input_example, register_winner
     from trainers.data import DataMissingError
     from trainers.models import load_model
 
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    parent = tracker.parent_run()
     for row in rows:
         if row["status"] != "ok":
             continue
         name = row["registered_model"]
-        done = tracker.client.search_model_versions(f"name='{name}' and run_id='{parent}'")
-        if done:
-            row["model_uri"] = f"models:/{name}/{done[0].version}"
-            continue
-        with results[row["method"]].checkpoints[row["trial_id"]].as_directory() as d:
-            model, meta = load_model(Path(d) / "model.pt")
-        try:
-            example = input_example(meta["config"])
-        except DataMissingError as e:  # the driver may lack the data the workers had
-            print(f"[register] {name}: logged without an input example: {e}", file=sys.stderr)
-            example = None
+        checkpoint = results[row["method"]].checkpoints[row["trial_id"]]
+
+        def load(checkpoint=checkpoint, name=name):
+            with checkpoint.as_directory() as d:
+                model, meta = load_model(Path(d) / "model.pt")
+            try:
+                return model, input_example(meta["config"])
+            except DataMissingError as e:  # the driver may lack the data the workers had
+                print(f"[register] {name}: logged without an input example: {e}", file=sys.stderr)
+                return model, None
+
         # logged-model names may not contain '.': acc0.7 -> acc0_7
         artifact = f"model-{row['method']}-acc{format_target(row['target'])}".replace(".", "_")
-        model_id = uploaded_model(tracker.client, tracker.experiment_id, parent, artifact)
-        if model_id is None:  # upload, then register: a kill in between leaves it for the resume
-            info = log_winner_model(
-                model,
-                tracking_uri=tracker.tracking_uri,
-                run_id=parent,
-                name=artifact,
-                example=example,
-                experiment_id=tracker.experiment_id,
-            )
-            model_id = info.model_id
-            kill_point("after-model-upload")
-        version = mlflow.register_model(f"models:/{model_id}", name)
-        row["model_uri"] = f"models:/{name}/{version.version}"
+        row["model_uri"] = register_winner(
+            tracker, name=name, artifact=artifact, load=load, kill_point=kill_point
+        )
 
 
 def publish_frontier(
     cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any
 ) -> list[dict[str, Any]]:
     """Test-evaluate the winners and write frontier.{csv,json,png,html} to the parent run."""
-    from orchestrator.plots import Panel, write_html, write_png
-
     winners = {}
     for res in results.values():
         for target in cfg.accs:
@@ -262,20 +248,39 @@ def publish_frontier(
             if w is not None:
                 winners[w.trial_id] = (res.checkpoints[w.trial_id], w.config)
     tests = evaluate_winners(cfg, winners)
-    run_ids = {r.data.tags.get("ray.trial_id"): r.info.run_id for r in tracker.trial_runs()}
+    # The rows name each winner's MLflow run and registered model: the record must be complete.
+    tracker.require_server(cfg.tracking_wait, "publishing the frontier")
+    try:
+        rows = _record_frontier(cfg, results, tests, tracker)
+    except Exception as e:
+        from orchestrator.tracking.server import TrackingUnavailable, is_unavailable
+
+        if is_unavailable(e):
+            raise TrackingUnavailable(
+                f"MLflow at {tracker.tracking_uri} went away while publishing: {e}"
+            ) from e
+        raise
+    return rows
+
+
+def _record_frontier(
+    cfg: SweepConfig, results: dict[str, MethodResults], tests: dict[str, dict], tracker: Any
+) -> list[dict[str, Any]]:
+    from orchestrator.plots import Panel, write_html, write_png
+
+    run_ids = {p.trial_id: tracker.trial_run_id(p.trial_id) for r in results.values() for p in r.points}
     rows = frontier_rows(cfg, results, tests, run_ids)
     if cfg.register_models:
         register_winners(cfg, rows, results, tracker)
     for row in rows:  # the winner's child run says what it won and how it did on test
         if row["status"] == "ok" and row["run_id"]:
-            tracker.client.set_tag(row["run_id"], f"winner.acc{format_target(row['target'])}", "true")
-            tracker.log_metrics(
-                row["run_id"],
+            tracker.log_winner(
+                row["trial_id"],
+                f"winner.acc{format_target(row['target'])}",
                 {f"winner_{k}".replace("@", "_at_"): v for k, v in tests[row["trial_id"]].items()},
             )
     kill_point("before-frontier-files")
     panel = Panel(cfg.dataset, {m: r.points for m, r in results.items()}, rows, cfg.accs)
-    parent = tracker.parent_run()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "frontier.csv").write_text(rows_to_csv(rows))
@@ -283,7 +288,7 @@ def publish_frontier(
         write_png([panel], out / "frontier.png")
         write_html([panel], out / "frontier.html")
         for f in sorted(out.iterdir()):
-            tracker.client.log_artifact(parent, str(f))
+            tracker.log_artifact(f)
             if f.suffix != ".png":  # a copy next to the Ray results, for a look without MLflow
                 write_text(f"{cfg.sweep_dir}/{f.name}", f.read_text())
         if not is_remote_uri(cfg.sweep_dir):

@@ -12,15 +12,21 @@ reach the tracking server.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import default_tracking_uri
-from orchestrator.mlflow_log import TAG_METHOD, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, experiment_name
 from orchestrator.pareto import TrialPoint
+from orchestrator.tracking.names import TAG_SWEEP, TAG_TRIAL
+from orchestrator.tracking.reads import (
+    client_for,
+    experiment_id,
+    finished_parents,
+    frontier_json,
+    trial_runs_of,
+)
 from trainers import metrics as M
 from trainers.settings import ConfigError, OneLineParser
 
@@ -49,28 +55,9 @@ def _names(flag: str, text: str) -> tuple[str, ...]:
     return items
 
 
-def _parents(client: Any, exp_id: str, sweep: str | None) -> list[Any]:
-    flt = f"tags.`{TAG_ROLE}` = 'parent' and attributes.status = 'FINISHED'"
-    if sweep:
-        flt += f" and tags.`{TAG_SWEEP}` = '{sweep}'"
-    return list(client.search_runs([exp_id], flt, order_by=["attributes.start_time DESC"], max_results=1000))
-
-
-def _rows(uri: str, run_id: str) -> list[dict[str, Any]]:
-    import mlflow.artifacts
-
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="frontier.json", tracking_uri=uri)
-    return json.loads(Path(path).read_text())
-
-
 def _points(client: Any, exp_id: str, sweep: str, method: str) -> list[TrialPoint]:
-    from mlflow.entities import ViewType
-
-    flt = (
-        f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = 'trial' and tags.`{TAG_METHOD}` = '{method}'"
-    )
     out = []
-    for r in client.search_runs([exp_id], flt, run_view_type=ViewType.ALL, max_results=50000):
+    for r in trial_runs_of(client, exp_id, sweep, method):
         m = r.data.metrics
         out.append(
             TrialPoint(
@@ -89,8 +76,8 @@ def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | N
     """The Panel of one dataset: per method, the newest finished sweep that ran it."""
     from orchestrator.plots import Panel
 
-    exp = client.get_experiment_by_name(experiment_name(dataset))
-    parents = _parents(client, exp.experiment_id, sweep) if exp else []
+    exp_id = experiment_id(client, dataset)
+    parents = finished_parents(client, exp_id, sweep) if exp_id else []
     if not parents:
         raise FrontierInputError(
             f"invalid --datasets {dataset!r}: no finished sweep"
@@ -99,11 +86,11 @@ def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | N
     rows: list[dict[str, Any]] = []
     points: dict[str, list[TrialPoint]] = {}
     for parent in parents:  # newest first: each method comes from the newest sweep that ran it
-        sweep_rows = _rows(uri, parent.info.run_id)
+        sweep_rows = frontier_json(uri, parent.info.run_id)
         for method in dict.fromkeys(r["method"] for r in sweep_rows):
             if method in points or (methods and method not in methods):
                 continue
-            points[method] = _points(client, exp.experiment_id, parent.data.tags[TAG_SWEEP], method)
+            points[method] = _points(client, exp_id, parent.data.tags[TAG_SWEEP], method)
             rows += [r for r in sweep_rows if r["method"] == method]
     if not rows:
         raise FrontierInputError(f"invalid --methods {','.join(methods or ())!r}: none found for {dataset}")
@@ -111,8 +98,6 @@ def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.evaluation import format_table
     from orchestrator.plots import write_html, write_png
     from orchestrator.sweep import check_tracking_uri
@@ -123,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets = _names("--datasets", args.datasets)
         methods = _names("--methods", args.methods) if args.methods else None
         check_tracking_uri(uri)
-        client = MlflowClient(tracking_uri=uri)
+        client = client_for(uri)
         panels = [load_panel(client, uri, d, methods, args.sweep) for d in datasets]
     except ConfigError as e:  # FrontierInputError, a bad flag, and the sweep's SweepInputError
         print(f"python -m orchestrator.frontier: error: {e}", file=sys.stderr)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import SWEEP_FILE, SweepConfig, format_target, is_remote_uri
-from orchestrator.mlflow_log import TAG_ROLE, TAG_SWEEP
+from orchestrator.tracking.reads import client_for, frontier_json, parent_named
 from trainers import metrics as M
 
 # recorded frontier field -> the field of trainers.verify's summary.json it must equal
@@ -67,25 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parent_run(client: Any, sweep: str) -> Any:
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = 'parent'",
-    )
-    if not runs:
+    run = parent_named(client, sweep)
+    if run is None:
         raise RecheckError(f"invalid --sweep {sweep!r}: no parent run of that name in MLflow")
-    return runs[0]
+    return run
 
 
 def frontier_of(client: Any, run_id: str, into: Path) -> list[dict[str, Any]]:
-    import mlflow
-
     try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="frontier.json", dst_path=str(into), tracking_uri=client.tracking_uri
-        )
+        return frontier_json(client.tracking_uri, run_id, into)
     except Exception as e:  # noqa: BLE001 -- MLflow raises several kinds for a missing artifact
         raise RecheckError(f"the sweep's parent run {run_id} has no frontier.json: {e}") from None
-    return json.loads(Path(path).read_text())
 
 
 def last_checkpoint(sweep_dir: Path, method: str, trial_id: str) -> Path:
@@ -144,11 +136,9 @@ def compare(row: dict[str, Any], summary: dict[str, Any]) -> dict[str, float]:
 
 
 def recheck(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.cli import default_tracking_uri
 
-    client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    client = client_for(args.tracking_uri or default_tracking_uri())
     parent = parent_run(client, args.sweep)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

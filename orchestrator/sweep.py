@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,33 +25,57 @@ from typing import Any
 from orchestrator.cli import parse_sweep_args
 from orchestrator.config import SWEEP_FILE, SweepConfig, SweepInputError, is_remote_uri
 from orchestrator.killpoints import kill_point
-from orchestrator.storage import read_text, write_text
+from orchestrator.storage import DriverLock, create_exclusive, read_text
 from search_spaces import SearchSpace, SpaceContext, get_space, with_fixed
 from trainers.settings import ConfigError
 
 # A killed driver loses at most this many seconds of Tune's experiment state (Ray's adaptive
 # default is ~10 s or more). Cheap since the searcher pickles a compact log, not its studies.
 CHECKPOINT_PERIOD_S = "2"
+# The trials are done and saved but MLflow stayed away past --tracking-wait: a temporary failure
+# (sysexits' EX_TEMPFAIL), which --resume completes.
+EXIT_TRACKING_AWAY = 75
 
 
 # --- preflight: everything that can be wrong with the input, checked before Ray -----------
-def check_tracking_uri(uri: str) -> None:
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
-                if r.status != 200:
-                    raise OSError(f"HTTP {r.status}")
-        except (OSError, urllib.error.URLError) as e:
-            reason = getattr(e, "reason", e)
-            raise SweepInputError(f"invalid --tracking-uri {uri!r}: server unreachable ({reason})") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise SweepInputError(f"invalid --tracking-uri {uri!r}: folder {folder} does not exist")
-    elif uri.startswith("file:") or "://" not in uri:
+def check_tracking_uri(uri: str, wait_s: float = 0.0) -> None:
+    """The tracking server answers (waiting up to ``wait_s`` for one that does not yet), or a
+    SQLite file's folder exists; file stores are refused."""
+    from orchestrator.tracking import wait_for_server
+
+    if uri.startswith("file:") or "://" not in uri:
         raise SweepInputError(
             f"invalid --tracking-uri {uri!r}: file stores are refused by MLflow 3; "
             "use sqlite:///ABSOLUTE/PATH.db or http://HOST:PORT"
+        )
+    why = wait_for_server(uri, wait_s, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if why is not None:
+        waited = f" after waiting {wait_s:g} s (--tracking-wait)" if wait_s and "://" in uri[:8] else ""
+        raise SweepInputError(f"invalid --tracking-uri {uri!r}: server unreachable ({why}){waited}")
+
+
+def check_identity(cfg: SweepConfig) -> None:
+    """A new sweep may not take the name of another one in MLflow (the storage of that one may
+    have been lost or changed: its runs, models and studies would be mixed into this one's)."""
+    from orchestrator.tracking.store import MlflowStore
+
+    if cfg.resume:
+        return
+    if (
+        cfg.tracking_uri.startswith("sqlite:///")
+        and not Path(cfg.tracking_uri.removeprefix("sqlite:///")).exists()
+    ):
+        return  # no database yet, so no sweep in it (and none is created by looking)
+    others = [
+        sid or "none (an older version)"
+        for _, sid in MlflowStore(cfg.tracking_uri, cfg.dataset, cfg.name).parents_named(cfg.name)
+        if sid != cfg.sweep_id
+    ]
+    if others:
+        raise SweepInputError(
+            f"invalid --name {cfg.name!r}: MLflow at {cfg.tracking_uri} already records a sweep of that "
+            f"name (sweep id {others[0]}), not this one (sweep id {cfg.sweep_id}, storage {cfg.sweep_dir}); "
+            "choose another --name, or --resume it from the storage it ran on"
         )
 
 
@@ -67,18 +91,23 @@ def check_data(cfg: SweepConfig) -> None:
         raise SweepInputError(f"invalid --data-dir {cfg.data_dir!r}: {e}".splitlines()[0]) from None
 
 
-def preflight(cfg: SweepConfig) -> None:
+def preflight(cfg: SweepConfig) -> DriverLock:
+    """Every check of the input, then the claim on the sweep folder: this process's lock on it
+    and, for a new sweep, ``sweep.json`` created exclusively. Returns the lock (held until the
+    driver exits)."""
     exists = read_text(f"{cfg.sweep_dir}/{SWEEP_FILE}") is not None
     if exists and not cfg.resume:
         raise SweepInputError(
             f"invalid --name {cfg.name!r}: a sweep of that name exists under "
             f"{cfg.storage}; continue it with --resume {cfg.name}"
         )
-    check_tracking_uri(cfg.tracking_uri)
     # The driver fetches the data once, before any trial starts; trials never download
     # (SweepConfig.trial), so they cannot race each other for it. On a cluster the data folder
-    # is a volume every node mounts (k8s/: the head's prefetch-data init step fills it).
+    # is a volume every node mounts (k8s/: the head's prefetch-data init step fills it). First,
+    # since it writes nothing when it fails and the tracking checks may create a database.
     check_data(cfg)
+    check_tracking_uri(cfg.tracking_uri, cfg.tracking_wait)
+    check_identity(cfg)
     if cfg.address is None:  # on a cluster the GPUs are the workers', not the driver's
         if cfg.device == "cuda" or cfg.gpus_per_trial > 0:
             import torch
@@ -88,6 +117,28 @@ def preflight(cfg: SweepConfig) -> None:
                     f"invalid --gpus-per-trial {cfg.gpus_per_trial!r} / --device "
                     f"{cfg.device!r}: no CUDA device on this machine"
                 )
+    return claim(cfg)
+
+
+def claim(cfg: SweepConfig) -> DriverLock:
+    """Lock the sweep folder and, for a new sweep, create its sweep.json (exclusively: of two
+    drivers started on one name, the second is refused)."""
+    lock = DriverLock(cfg.sweep_dir)
+    holder = lock.acquire()
+    if holder is not None:
+        raise SweepInputError(
+            f"invalid --name {cfg.name!r}: the sweep is being run by another driver ({holder}); "
+            "wait for it to end, or stop it first"
+        )
+    if not cfg.resume and not create_exclusive(
+        f"{cfg.sweep_dir}/{SWEEP_FILE}", json.dumps(cfg.to_dict(), indent=2)
+    ):
+        lock.release()
+        raise SweepInputError(
+            f"invalid --name {cfg.name!r}: a sweep of that name was just created under {cfg.storage} "
+            "by another driver"
+        )
+    return lock
 
 
 # --- one Ray Tune experiment per method ---------------------------------------------------
@@ -195,6 +246,29 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 # --- the whole sweep --------------------------------------------------------------------
+def make_tracker(cfg: SweepConfig):
+    """The sweep's tracker, its journal in the sweep folder, live for the callbacks that
+    ``Tuner.restore`` unpickles in this process."""
+    from orchestrator.tracking import SweepTracker, configure_client_retries
+    from orchestrator.tracking.journal import journal_dir
+
+    configure_client_retries()
+    return SweepTracker(
+        cfg.tracking_uri, cfg.dataset, cfg.name, cfg.sweep_id, journal_dir(cfg.sweep_dir, cfg.sweep_id)
+    ).make_live()
+
+
+def finished_rows(cfg: SweepConfig, tracker: Any) -> list[dict[str, Any]] | None:
+    """The frontier of a sweep that already finished (its parent run was closed FINISHED and its
+    frontier written), else None. A resumed finished sweep changes nothing but replays what its
+    journal still holds."""
+    text = read_text(f"{cfg.sweep_dir}/frontier.json")
+    if text is None or not tracker.finished:
+        return None
+    tracker.require_server(cfg.tracking_wait, "the finished sweep's record (journal replay)")
+    return json.loads(text)
+
+
 def run_sweep(
     cfg: SweepConfig,
     *,
@@ -204,24 +278,44 @@ def run_sweep(
     """Run (or continue) the sweep and return the frontier rows. ``spaces`` replaces the
     registered search space of a method (tests use it to inject failing trials); ``on_fit``
     is called with (method, ResultGrid, seconds of Tuner.fit) after each method's search
-    (bench.sweep measures the sweep's own overhead with it)."""
-    import optuna
-    import ray
+    (bench.sweep measures the sweep's own overhead with it).
 
-    from orchestrator.evaluation import collect_points, publish_frontier
-    from orchestrator.mlflow_log import SweepTracker, use_tracking_uri
+    The parent run is closed on every way out: FINISHED, KILLED (Ctrl+C, SIGTERM) or FAILED
+    (any error, Ray failing to start included); the close goes through the journal, so an
+    unreachable server never hides the error that ended the sweep."""
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
     # ...which Tune would otherwise warn about on every sync that takes longer than 5 % of it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if read_text(f"{cfg.sweep_dir}/{SWEEP_FILE}") is None:
-        write_text(f"{cfg.sweep_dir}/{SWEEP_FILE}", json.dumps(cfg.to_dict(), indent=2))
-    use_tracking_uri(cfg.name, cfg.tracking_uri)  # also for the callbacks Tuner.restore unpickles
-    tracker = SweepTracker(cfg.tracking_uri, cfg.dataset, cfg.name)
-    tracker.parent_run(params={k: v for k, v in cfg.to_dict().items() if k != "resume"})
-    started = init_ray(cfg)
+        create_exclusive(f"{cfg.sweep_dir}/{SWEEP_FILE}", json.dumps(cfg.to_dict(), indent=2))
+    tracker = make_tracker(cfg)
+    done = finished_rows(cfg, tracker)
+    if done is not None:
+        print(f"sweep {cfg.name} finished before: its frontier, unchanged", flush=True)
+        return done
+    tracker.start(params={k: v for k, v in cfg.to_dict().items() if k != "resume"})
     status = "FAILED"
+    try:
+        rows = _search_and_publish(cfg, tracker, spaces, on_fit)
+        status = "FINISHED"
+        return rows
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(status)
+
+
+def _search_and_publish(cfg: SweepConfig, tracker: Any, spaces: Any, on_fit: Any) -> list[dict[str, Any]]:
+    import ray
+
+    from orchestrator.evaluation import collect_points, publish_frontier
+
+    started = init_ray(cfg)
+    stop_on_sigterm()  # again: ray.init puts in a handler of its own that ends the driver at once
     try:
         points = {}
         for method in cfg.methods:
@@ -239,28 +333,38 @@ def run_sweep(
             points[method] = collect_points(grid, method)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
         kill_point("after-trials")
-        rows = publish_frontier(cfg, points, tracker)
-        status = "FINISHED"
-        return rows
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+        return publish_frontier(cfg, points, tracker)
     finally:
-        tracker.finish_parent(status)
         if started:
             ray.shutdown()
 
 
+def _sigterm_as_sigint(signum: int, frame: Any) -> None:
+    """Kubernetes stops a pod with SIGTERM: the driver stops as on Ctrl+C (Ray Tune saves its
+    state and returns during a search; elsewhere it is a KeyboardInterrupt), so the sweep is
+    resumable and its parent run is closed KILLED."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def stop_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.tracking import TrackingUnavailable
+
     try:
         cfg = parse_sweep_args(argv)
-        preflight(cfg)
+        lock = preflight(cfg)
     except ConfigError as e:
         print(f"python -m orchestrator.sweep: error: {e}", file=sys.stderr)
         return 2
+    stop_on_sigterm()
     print(
-        f"sweep {cfg.name}: {cfg.dataset}, targets {', '.join(f'{a:g}' for a in cfg.accs)}, "
-        f"methods {', '.join(cfg.methods)}, {cfg.trials} trials each -> {cfg.sweep_dir}",
+        f"sweep {cfg.name} (id {cfg.sweep_id or 'none'}): {cfg.dataset}, targets "
+        f"{', '.join(f'{a:g}' for a in cfg.accs)}, methods {', '.join(cfg.methods)}, {cfg.trials} trials "
+        f"each -> {cfg.sweep_dir}",
         flush=True,
     )
     from orchestrator.evaluation import format_table
@@ -271,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         why = str(e) or "interrupted"
         print(f"sweep {cfg.name}: {why}; nothing is lost, continue with --resume {cfg.name}", file=sys.stderr)
         return 130
+    except TrackingUnavailable as e:
+        print(
+            f"sweep {cfg.name}: {str(e).splitlines()[0]}; the trials are saved: --resume {cfg.name} "
+            "publishes the frontier once MLflow answers",
+            file=sys.stderr,
+        )
+        return EXIT_TRACKING_AWAY
+    finally:
+        lock.release()
     print(format_table(rows), flush=True)
     print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}", flush=True)
     return 0

@@ -72,8 +72,60 @@ def test_bad_flags(argv, needle, in_tmp, capsys):
 
 def test_unreachable_tracking_server(in_tmp, capsys):
     uri = f"http://127.0.0.1:{free_port()}"
-    code, err = run_main([*BASE, "--tracking-uri", uri], capsys)
+    code, err = run_main([*BASE, "--tracking-uri", uri, "--tracking-wait", "0"], capsys)
     assert code == 2 and f"--tracking-uri '{uri}': server unreachable" in err and err.count("\n") == 1
+    assert not (in_tmp / "sweeps").exists()
+
+
+class HealthAfter:
+    """A /health endpoint that answers 503 to its first ``down`` requests, then 200 to requests
+    with the expected basic-auth header and 401 to others; counts what it saw."""
+
+    def __init__(self, down: int, auth: str | None = None) -> None:
+        import http.server
+        import threading
+
+        outer, self.seen, self.down, self.auth = self, [], down, auth
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.seen.append(self.headers.get("Authorization"))
+                if len(outer.seen) <= outer.down:
+                    code = 503
+                elif outer.auth and self.headers.get("Authorization") != outer.auth:
+                    code = 401
+                else:
+                    code = 200
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_startup_check_waits_for_a_server_that_comes_up(monkeypatch):
+    import base64
+
+    from orchestrator.tracking.server import wait_for_server
+
+    token = "Basic " + base64.b64encode(b"driver:s3cret").decode()
+    server = HealthAfter(down=2, auth=token)
+    lines = []
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    server.down = 0
+    assert wait_for_server(server.uri, 3600, say=lines.append) == "HTTP 401"  # no credentials: at once
+    assert lines == [] and len(server.seen) == 1
+    server.down, server.seen = 2, []  # down twice (the backoff's 1 s and 2 s), then up
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "driver")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    assert wait_for_server(server.uri, 3600, say=lines.append) is None
+    assert server.seen[-1] == token
+    assert len(server.seen) == 3 and "not answering (HTTP 503)" in lines[0] and lines[-1].endswith("answers")
+    server.server.shutdown()
 
 
 def test_file_store_uri_is_refused(in_tmp, capsys):
@@ -205,7 +257,7 @@ def test_resume_if_exists_continues_a_named_sweep_or_starts_it(in_tmp):
     assert not fresh.resume and fresh.name == "job"
     folder = in_tmp / "sweeps" / "job"
     folder.mkdir(parents=True)
-    saved = fresh.replace(trials=7)
+    saved = fresh.replace(sweep_id="0123456789abcdef")  # the first run's (its flags are these)
     (folder / "sweep.json").write_text(json.dumps(saved.to_dict()))
     # a restarted job runs the same command line: it resumes with the saved settings
     back = parse_sweep_args(
@@ -222,7 +274,8 @@ def test_resume_if_exists_continues_a_named_sweep_or_starts_it(in_tmp):
             "--shared-storage",
         ]
     )
-    assert back.resume and back.trials == 7 and back.shared_storage and back.address == "auto"
+    assert back.resume and back.sweep_id == "0123456789abcdef"
+    assert back.shared_storage and back.address == "auto"  # where things run may change
 
 
 def test_resume_if_exists_needs_a_name(in_tmp, capsys):

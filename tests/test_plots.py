@@ -170,20 +170,20 @@ def test_frontier_command_draws_a_sweep_from_mlflow_alone(tmp_path, capsys):
     """``python -m orchestrator.frontier`` on a sweep recorded by SweepTracker: the trial points
     come from the child runs (string params), the winners from the parent's frontier.json."""
     from orchestrator import frontier
-    from orchestrator.mlflow_log import SweepTracker
+    from orchestrator.tracking import SweepTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     panel = make_panel("synthetic")
-    tracker = SweepTracker(uri, "synthetic", "fr-test")
-    parent = tracker.parent_run()
+    tracker = SweepTracker(uri, "synthetic", "fr-test", journal_dir=tmp_path / "journal")
+    tracker.start({})
     for method, pts in panel.points.items():
         for p in pts:
-            run = tracker.trial_run(p.trial_id, method, p.config)
-            tracker.log_metrics(run, {M.VAL_ACC: p.val_acc, M.VAL_ACR: p.val_acr})
-            tracker.end_trial(run, status="FAILED" if p.failed else "FINISHED")
+            tracker.trial(p.trial_id, method, p.config)
+            tracker.log_trial_metrics(p.trial_id, {M.VAL_ACC: p.val_acc, M.VAL_ACR: p.val_acr}, step=1)
+            tracker.end_trial(p.trial_id, status="FAILED" if p.failed else "FINISHED")
     (tmp_path / "frontier.json").write_text(json.dumps(panel.rows))
-    tracker.client.log_artifact(parent, str(tmp_path / "frontier.json"))
-    tracker.finish_parent()
+    tracker.log_artifact(tmp_path / "frontier.json")
+    tracker.finish()
 
     out = tmp_path / "fr"
     assert frontier.main(["--datasets", "synthetic", "--tracking-uri", uri, "--out", str(out)]) == 0

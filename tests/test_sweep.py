@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import SweepConfig
-from orchestrator.mlflow_log import TAG_REASON, TAG_ROLE, TAG_SWEEP, TAG_TARGETS, experiment_name
 from orchestrator.sweep import run_sweep
+from orchestrator.tracking import TAG_REASON, TAG_ROLE, TAG_SWEEP, TAG_TARGETS, experiment_name
 from search_spaces import get_space
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -414,6 +414,8 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_session, tmp_path
     diverged = [c for c in children if c.data.metrics.get("diverged") == 1]
     assert len(diverged) == 2 and all(c.info.status == "FINISHED" for c in diverged)
     assert all(c.data.metrics["val_acc"] == 0 == c.data.metrics["val_acr"] for c in diverged)
+    assert all(c.data.tags["ended"] == "diverged" and c.data.tags[TAG_TARGETS] == "none" for c in diverged)
+    assert all("stopped_early" not in c.data.tags and "nan" in c.data.tags[TAG_REASON] for c in diverged)
     assert rows[0]["status"] in ("ok", "infeasible")
     if rows[0]["status"] == "ok":
         assert rows[0]["trial_id"] not in {c.data.tags["ray.trial_id"] for c in failed + diverged}

@@ -9,10 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.gate import Gate
+from tests.gated_method import NAME as GATED
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+REPO = str(Path(__file__).resolve().parents[1])
+# ACERT behind the gate: the first trial goes through, the others wait mid-epoch until it opens
+GATED_ARGS = ["--methods", GATED, "--plugins", "tests.gated_method"]
 ARGS = [
     "--dataset",
     "synthetic",
@@ -91,22 +98,33 @@ def wait_for_log(proc, log, text, count=1, poll=0.5, timeout=240):
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
+    """SIGKILL to the driver while trials wait mid-epoch at the gate (tests/gate.py) and the one
+    that went through is finished in Tune's saved state: the resume loses and repeats nothing."""
+    from tests.cluster.records import saved_after, saved_trials
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    gate = Gate(tmp_path / "gate")
+    env = {**os.environ, **gate.env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": REPO}
     log = tmp_path / "driver.log"
-    with driver_in_background(ARGS, tmp_path, env, log) as proc:
-        wait_for_log(proc, log, "[acert] trial ", count=2)
-        c, runs = child_runs(uri)
-        finished = [r for r in runs if r.info.status == "FINISHED"]
-        assert len(finished) >= 2
-        before = {r.data.tags["ray.trial_id"]: history(c, r) for r in finished}
-        # Tune saves its state every 2 s: a trial that finished later than that before the kill is
-        # lost with the driver and replaced (its run is closed KILLED, as tests/test_tracking.py
-        # checks); wait past one save so that the trials in `before` are in Ray's saved state
-        time.sleep(3.0)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        proc.send_signal(signal.SIGKILL)  # the driver only, as when a head pod dies
-        proc.wait(timeout=30)
+    experiment = tmp_path / "sweeps" / "k1" / GATED
+    try:
+        with driver_in_background([*ARGS, *GATED_ARGS], tmp_path, env, log) as proc:
+            waiting = gate.wait_for_waiting(2, why=lambda: log.read_text()[-3000:])
+            first = gate.passed()
+            wait_for_log(proc, log, f"[{GATED}] trial {first} ")
+            c, runs = child_runs(uri)
+            before = {r.data.tags["ray.trial_id"]: history(c, r) for r in runs if r.info.status == "FINISHED"}
+            assert set(before) == {first}
+            queried = time.time() + 1.0  # after the file system's mtime granularity
+            wait_until(lambda: saved_after(experiment, queried), proc, log)
+            saved = saved_trials(experiment)
+            assert saved[first]["status"] == "TERMINATED" and all(
+                saved[t]["status"] == "RUNNING" for t in waiting
+            )
+            proc.send_signal(signal.SIGKILL)  # the driver only, as when a head pod dies
+            proc.wait(timeout=30)
+    finally:
+        gate.open()
 
     # the tracking database moves while the driver is down: the resume is told its new URI, and
     # Tune's restored callbacks must write there, not to the URI they were pickled with
@@ -133,6 +151,14 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     (parent,) = c.search_runs([runs[0].info.experiment_id], "tags.`sweep.role` = 'parent'")
     assert parent.info.status == "FINISHED"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"frontier.csv", "frontier.json"}
+
+
+def wait_until(check, proc, log, timeout=300):
+    deadline = time.time() + timeout
+    while not check():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
 
 
 def test_kills_in_the_closing_work_resume_to_one_record_each(tmp_path):
@@ -195,14 +221,21 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     next method and publishing a frontier of an unfinished search; --resume then finishes both."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    argv = ["--dataset", "synthetic", "--accs", "0.5", "--methods", "acert,ibp", "--trials", "4",
+    gate = Gate(tmp_path / "gate")
+    env.update(gate.env, PYTHONPATH=REPO)
+    argv = ["--dataset", "synthetic", "--accs", "0.5", "--methods", f"{GATED},ibp", "--trials", "4",
             "--epochs", "8", "--name", "k3", "--synthetic-size", "512", "--val-acr-samples", "50",
-            "--max-concurrent", "2", "--threads", "1", "--scheduler", "none", "--no-register"]  # fmt: skip
+            "--max-concurrent", "2", "--threads", "1", "--scheduler", "none", "--no-register",
+            "--plugins", "tests.gated_method"]  # fmt: skip
     log = tmp_path / "driver.log"
-    with driver_in_background(argv, tmp_path, env, log) as proc:
-        wait_for_log(proc, log, "[acert] trial ", poll=0.2)
-        proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl+C reaches Python
-        proc.wait(timeout=120)
+    try:
+        with driver_in_background(argv, tmp_path, env, log) as proc:
+            gate.wait_for_waiting(2, why=lambda: log.read_text()[-3000:])  # the search is mid-way
+            wait_for_log(proc, log, f"[{GATED}] trial ", poll=0.2)
+            proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl+C reaches Python
+            proc.wait(timeout=120)
+    finally:
+        gate.open()
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert "continue with --resume k3" in text
@@ -218,9 +251,9 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     c, runs = child_runs(uri)
     recorded = [r for r in runs if r.info.status != "KILLED"]
     methods = sorted(r.data.params["method"] for r in recorded)
-    assert methods == ["acert"] * 4 + ["ibp"] * 4, methods
+    assert methods == [GATED] * 4 + ["ibp"] * 4, methods
     for r in recorded:
         steps = [s for s, _ in history(c, r)]
         assert steps == sorted(set(steps)) and steps[-1] == 8, "an epoch lost or logged twice"
     frontier = json.loads((sweep / "frontier.json").read_text())
-    assert {r["method"] for r in frontier} == {"acert", "ibp"}
+    assert {r["method"] for r in frontier} == {GATED, "ibp"}

@@ -13,16 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.mlflow_log import (
+from orchestrator.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     TAG_REASON,
     SweepTracker,
     experiment_name,
-    input_example,
-    log_winner_model,
-    model_input,
 )
+from orchestrator.tracking.models import input_example, log_winner_model, model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +38,7 @@ def client_of(uri):
 
 def test_new_experiment_is_a_training_experiment(tracking_uri):
     tracker = SweepTracker(tracking_uri, "synthetic", "s1")
-    tracker.parent_run()
+    tracker.start({})
     exp = client_of(tracking_uri).get_experiment_by_name(experiment_name("synthetic"))
     assert exp.experiment_id == tracker.experiment_id
     assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
@@ -134,7 +132,8 @@ def test_registered_model_loads_where_the_project_is_not_installed(tracking_uri,
     with torch.no_grad():
         want = model(x).numpy()
     tracker = SweepTracker(tracking_uri, "synthetic", "models")
-    parent = tracker.parent_run()
+    tracker.start({})
+    parent = tracker.parent_run_id()
     path = list(sys.path)
     info = log_winner_model(
         model,
@@ -196,6 +195,7 @@ def test_register_winners_logs_each_winner_once_with_a_real_example(tracking_uri
         storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path), synthetic_size=64, seed=5,
     )  # fmt: skip
     tracker = SweepTracker(tracking_uri, "synthetic", "reg")
+    tracker.start({})
     results = {
         "acert": MethodResults("acert", checkpoints={"t1": Checkpoint.from_directory(tmp_path / "ck")})
     }
@@ -224,11 +224,14 @@ def test_runs_of_trials_ray_lost_are_closed_whatever_their_status(tracking_uri):
     """A driver killed within Tune's 2-s save period may lose a trial that had started, or even
     finished (short trials): Ray runs a replacement, so the lost run leaves the record (KILLED)."""
     tracker = SweepTracker(tracking_uri, "synthetic", "lost")
-    runs = {t: tracker.trial_run(t, "ibp", {"method": "ibp"}) for t in ("kept", "finished", "running")}
-    runs["other"] = tracker.trial_run("other", "acert", {"method": "acert"})  # another method's
+    tracker.start({})
+    for t in ("kept", "finished", "running"):
+        tracker.trial(t, "ibp", {"method": "ibp"})
+    tracker.trial("other", "acert", {"method": "acert"})  # another method's
     for t in ("kept", "finished"):
-        tracker.end_trial(runs[t], status="FINISHED")
+        tracker.end_trial(t, status="FINISHED")
     assert tracker.close_unrecorded("ibp", {"kept"}) == 2
+    runs = {t: tracker.trial_run_id(t) for t in ("kept", "finished", "running", "other")}
     c = client_of(tracking_uri)
     status = {t: c.get_run(r).info.status for t, r in runs.items()}
     assert status == {"kept": "FINISHED", "finished": "KILLED", "running": "KILLED", "other": "RUNNING"}
