@@ -222,11 +222,14 @@ class Rehearsal:
             conn.close()
 
     # --- MLflow -----------------------------------------------------------------------------------
-    def start_mlflow(self) -> None:
+    def start_mlflow(self, init: bool = True) -> None:
+        """The MLflow pod: its init steps, then the server. ``init=False`` is the server
+        container restarted in its pod (after a crash), which Kubernetes does without the init
+        steps."""
         spec = find(self.objects, "Deployment", "mlflow")["spec"]["template"]["spec"]
         pod = self.new_pod("mlflow")
-        for init in spec.get("initContainers") or []:
-            self.run_init(init, pod)
+        for init_container in (spec.get("initContainers") or []) if init else []:
+            self.run_init(init_container, pod)
         c = spec["containers"][0]
         folder = self.root / "configmaps" / pod
         env = config_map_files(spec, c, container_env(c, self.secrets), self.objects, folder, self.endpoints)

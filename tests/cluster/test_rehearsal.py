@@ -23,6 +23,10 @@ then does not depend on how fast or loaded the machine is.
   driver lives on and runs the lost trials again (``--max-failures``).
 - PostgreSQL (MLflow's backend and the Optuna studies) is SIGKILLed; the trials go on and the
   driver's MLflow requests fail (the test waits for one) until it is back on its data.
+- The MLflow server is SIGKILLed; the trials go on and finish with no server, the driver's
+  record waits in its journal (the test waits until it provably holds entries MLflow has not
+  seen, which the client's retries gave up on, and every trial has ended), then the server's
+  container restarts and the journal is replayed.
 
 Each sweep must finish with every trial once in MLflow and in Optuna, finished trials not run
 again, the frontier files logged, each winner registered once. The timings are printed and
@@ -328,6 +332,60 @@ def test_postgres_restarted_mid_sweep(tmp_path, objects, gate):
             processes_killed_with_postgres=killed,
             mlflow_request_errors=server_log.count(HANDLER_ERROR) - before,
             outage_s=round(t_back - t_stop, 1),
+            **faults,
+            back_to_end_s=round(t_end - t_back, 1),
+        )
+
+
+def sweep_journal(rh: Rehearsal) -> tuple[list[dict], int]:
+    """The driver's tracking journal (orchestrator/tracking/journal.py) and how many of its
+    entries MLflow has."""
+    folder = experiment(rh).parent
+    path = folder / "tracking.journal"
+    if not path.exists():
+        return [], 0
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    applied = folder / "tracking.applied"
+    return entries, int(applied.read_text() or 0) if applied.exists() else 0
+
+
+def test_mlflow_killed_mid_sweep_and_back_after_the_client_gave_up(tmp_path, objects, gate):
+    t0 = time.monotonic()
+    with Rehearsal(objects, tmp_path, ps.require_postgres()) as rh:
+        _, worker = start_cluster(rh)
+        at = run_to_the_gate(rh, gate, worker)
+        budget = int(SMALL["--trials"])
+
+        def held_back() -> bool:
+            entries, applied = sweep_journal(rh)
+            ended = {e["run"] for e in entries if e["op"] == "status" and e["run"].startswith("trial:")}
+            return applied < len(entries) and len(ended) >= budget
+
+        t_kill = time.monotonic()
+        killed = rh.kill_pod(f"mlflow-{rh.generation['mlflow']}")
+        gate.open()  # the trials train on and end while the server is gone
+        ps.wait_until(
+            "every trial ended with the record held back in the journal",
+            held_back,
+            600,
+            why=lambda: ps.tail(at.log.path),
+        )
+        entries, applied = sweep_journal(rh)
+        rh.start_mlflow(init=False)  # the server's container restarts in its pod
+        t_back = time.monotonic()
+        t_end = wait_for_the_end(rh, at.submitter, at.log)
+        assert at.log.first("restoring") is None, "the driver was restarted: only MLflow was lost"
+        assert at.log.first("MLflow is back after") is not None, ps.tail(at.log.path)
+        faults = records(rh, at.finished)
+        after, applied_after = sweep_journal(rh)
+        assert applied_after == len(after), "the journal was not replayed to the end"
+        report(
+            tmp_path,
+            "MLflow killed",
+            wall_s=round(time.monotonic() - t0, 1),
+            processes_killed_with_mlflow=killed,
+            entries_held_back=len(entries) - applied,
+            outage_s=round(t_back - t_kill, 1),
             **faults,
             back_to_end_s=round(t_end - t_back, 1),
         )
