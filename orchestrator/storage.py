@@ -101,6 +101,13 @@ class DriverLock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             return holder
+        except OSError as e:  # a file system without locks (some NFS mounts): run unlocked, and say so
+            import sys
+
+            print(f"[storage] no lock on {folder / self.FILE} ({e}); one driver per sweep is up to you",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            os.close(fd)
+            return None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
