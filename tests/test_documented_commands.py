@@ -5,9 +5,10 @@ README.md, docs/*.md and k8s/README.md, the presets of configs/ and the RayJob e
 overlay as ``kubectl kustomize`` renders them. A new documented command is a new test here; one
 this module cannot run (an unknown module, a placeholder without a substitution) fails.
 
-What the small variant changes, and nothing else: sizes (2 trials or one per target, 1 epoch,
-``--grace-epochs 1``, 20 validation ACR samples, 50 test samples, ``--train-subset`` and
-``--synthetic-size`` capped); CPU trials (``--gpus-per-trial 0 --cpus-per-trial 1 --device cpu``,
+What the small variant changes, and nothing else: sizes (2 trials per method, or one per target
+where there are more targets, as SweepConfig requires; 1 epoch, ``--grace-epochs 1``, 20
+validation ACR samples, 20 test samples, ``--limit 10`` for certify/verify, ``--train-subset`` and
+``--synthetic-size`` capped, ``--quick`` for bench scripts); CPU trials (``--gpus-per-trial 0 --cpus-per-trial 1 --device cpu``,
 where the presets and the cluster ask for GPUs and 4 CPUs); and where things go. The commands run
 in-process, from a temporary folder that holds the defaults (``./data``, ``./sweeps``,
 ``./mlflow.db``), on one local Ray instance. The data sets are small learnable copies in the real
@@ -18,7 +19,14 @@ sweep of that data set run here with the methods asked for. The RayJob entrypoin
 ``--address auto`` (the driver runs in this process, whose Ray instance is the cluster it joins)
 and ``--shared-storage``; ``/mnt/acert/sweeps`` -> a folder, ``http://mlflow:5000`` -> a SQLite
 MLflow and ``--optuna-storage postgresql...`` -> a SQLite Optuna database, per entrypoint (each
-overlay is its own cluster); each is run twice, as the submitter's retry does.
+overlay is its own cluster); each is run twice, as the submitter's retry does. The presets run
+as README's "Paper-scale presets" command shows them (``--address auto``, ``--shared-storage``),
+so that command and its preset are one run; CNN7 stays, on few images.
+
+Not run, with the reason in ``tests/documented_commands.py``: shell lines that are not ``python
+-m`` (pip, kubectl, helm, docker, kind), ``python -m venv``, ``pytest``, ``mlflow ui``,
+``tests.k8s.check_manifests`` (tests/k8s/test_policy.py runs it on every overlay), ```python``
+blocks, and bench scripts without flags (tests/test_bench.py runs them with ``--quick``).
 """
 
 from __future__ import annotations
