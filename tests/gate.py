@@ -26,6 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 ENV = "ACERT_TEST_GATE"
+# The method of tests/gated_method.py, named here so that a test can refer to it without importing
+# that module (importing it registers the method, and at collection time the contract suites
+# would then train it, which needs a gate).
+GATED_METHOD = "gated-acert"
 PASS, OPEN, WAITING = "pass", "open", "waiting-"
 MAX_WAIT_S = 600.0
 POLL_S = 0.1

@@ -16,11 +16,11 @@ import os
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
 from search_spaces.acert import acert_space
-from tests.gate import pass_or_wait
+from tests.gate import GATED_METHOD, pass_or_wait
 from trainers.methods import acert, register_method
 from trainers.methods.acert import ACERTParams
 
-NAME = "gated-acert"
+NAME = GATED_METHOD
 
 
 def trial_name() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-import tests.faulty_methods as faulty
 from orchestrator.scheduler import PenalisedASHA
 from orchestrator.searcher import FAILED, classify
 from orchestrator.trainable import TrainingThread, TrialTimedOut, ended_result, finished_epochs
@@ -20,7 +19,16 @@ QUICK = dict(
 )
 
 
-def test_a_training_that_never_reports_an_epoch_times_out(tmp_path):
+@pytest.fixture
+def faulty():
+    """tests/faulty_methods.py, imported when a test runs: importing it registers a method whose
+    step blocks forever, which the contract suites (parametrized at collection) must not see."""
+    import tests.faulty_methods
+
+    return tests.faulty_methods
+
+
+def test_a_training_that_never_reports_an_epoch_times_out(tmp_path, faulty):
     training = TrainingThread(TrainConfig(method=faulty.HUNG, epochs=2, **QUICK), tmp_path)
     with pytest.raises(TrialTimedOut, match=r"^no epoch reported for 0\.2 s$"):
         next(training.epochs(0.2))  # it blocks in its first step, forever
@@ -28,7 +36,7 @@ def test_a_training_that_never_reports_an_epoch_times_out(tmp_path):
     assert training.abandoned.is_set() and training.thread.daemon  # it cannot keep Ray's worker alive
 
 
-def test_epochs_come_one_at_a_time_and_the_training_error_is_raised(tmp_path):
+def test_epochs_come_one_at_a_time_and_the_training_error_is_raised(tmp_path, faulty):
     training = TrainingThread(TrainConfig(method=faulty.NAN, epochs=3, **QUICK), tmp_path)
     epochs = training.epochs(0)
     metrics, out = next(epochs)

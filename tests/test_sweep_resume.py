@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gate import GATED_METHOD as GATED
 from tests.gate import Gate
-from tests.gated_method import NAME as GATED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = str(Path(__file__).resolve().parents[1])

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gate import GATED_METHOD as NAME
 from tests.gate import Gate
-from tests.gated_method import NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TRIALS = 3
