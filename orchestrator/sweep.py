@@ -79,6 +79,34 @@ def check_identity(cfg: SweepConfig) -> None:
         )
 
 
+def check_studies(cfg: SweepConfig) -> None:
+    """A new sweep's Optuna studies may not exist yet in ``--optuna-storage`` (a database that
+    outlives the sweep folder): TPE would merge another sweep's trials into this one's. A storage
+    that cannot be read now is left to the search, which reports it."""
+    if cfg.resume or not cfg.optuna_storage:
+        return
+    import optuna
+
+    try:
+        names = optuna.get_all_study_names(storage=cfg.optuna_storage)
+    except Exception as e:  # noqa: BLE001 - any failure to read: not this check's to judge
+        print(f"[optuna] could not list the studies in --optuna-storage ({str(e).splitlines()[0][:200]})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return
+    taken = sorted(
+        n
+        for n in names
+        for m in cfg.methods
+        if n.startswith(f"{cfg.name}-{m}-acc") or n == f"{cfg.name}-{m}-pareto"  # searcher._study_name
+    )
+    if taken:
+        raise SweepInputError(
+            f"invalid --name {cfg.name!r}: --optuna-storage already holds its studies ({taken[0]}"
+            f"{f' and {len(taken) - 1} more' if len(taken) > 1 else ''}) from another sweep of that name; "
+            "choose another --name, or --resume that sweep"
+        )
+
+
 def check_data(cfg: SweepConfig) -> None:
     """Load (and with download allowed, fetch) the data once in the driver, so trials never
     race to download it and a missing data set is a clear error, not N failed trials."""
@@ -108,6 +136,7 @@ def preflight(cfg: SweepConfig) -> DriverLock:
     check_data(cfg)
     check_tracking_uri(cfg.tracking_uri, cfg.tracking_wait)
     check_identity(cfg)
+    check_studies(cfg)
     if cfg.address is None:  # on a cluster the GPUs are the workers', not the driver's
         if cfg.device == "cuda" or cfg.gpus_per_trial > 0:
             import torch

@@ -171,3 +171,21 @@ def test_sigterm_to_the_driver_stops_it_like_ctrl_c_and_resume_finishes(place):
     assert parent.info.status == "FINISHED"
     trials = c.search_runs([exp_id], "tags.`sweep.role` = 'trial' and attributes.status = 'FINISHED'")
     assert len(trials) == 2
+
+
+def test_a_new_sweep_whose_studies_exist_in_the_optuna_storage_is_refused(place, capsys):
+    import optuna
+
+    url = f"sqlite:///{place / 'optuna.db'}"
+    optuna.create_study(study_name="shared-acert-acc0.5", storage=url)
+    optuna.create_study(study_name="shared-2-acert-acc0.5", storage=url)  # another sweep's: not in the way
+    capsys.readouterr()  # Optuna's lines on creating them belong to the set-up
+    code, err = run_main([*BASE, "--name", "shared", "--optuna-storage", url], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--optuna-storage already holds its studies (shared-acert-acc0.5)" in err
+    assert not (place / "sweeps").exists()
+    from orchestrator.sweep import check_studies
+
+    check_studies(
+        parse_sweep_args([*BASE, "--name", "shared-3", "--optuna-storage", url])
+    )  # no studies: passes
