@@ -50,7 +50,11 @@ def check_tracking_uri(uri: str, wait_s: float = 0.0) -> None:
         )
     why = wait_for_server(uri, wait_s, say=lambda line: print(line, file=sys.stderr, flush=True))
     if why is not None:
-        waited = f" after waiting {wait_s:g} s (--tracking-wait)" if wait_s and "://" in uri[:8] else ""
+        waited = (
+            f" after waiting {wait_s:g} s (--tracking-wait)"
+            if wait_s and uri.startswith(("http://", "https://"))
+            else ""
+        )
         raise SweepInputError(f"invalid --tracking-uri {uri!r}: server unreachable ({why}){waited}")
 
 

@@ -150,7 +150,6 @@ class Rehearsal:
     # --- PostgreSQL -------------------------------------------------------------------------------
     def start_postgres(self) -> None:
         """initdb + postgres as the official image's entrypoint would, then its POSTGRES_DB."""
-        import psycopg2
 
         sts = find(self.objects, "StatefulSet", "postgres")
         env = container_env(sts["spec"]["template"]["spec"]["containers"][0], self.secrets)
@@ -200,26 +199,31 @@ class Rehearsal:
                 server, env=self.env(pod), stdout=out, stderr=out, start_new_session=True, **owner
             )
 
-        def connect():
-            try:
-                return psycopg2.connect(
-                    host="127.0.0.1",
-                    port=self.pg_port,
-                    user=env["POSTGRES_USER"],
-                    password=env["POSTGRES_PASSWORD"],
-                    dbname="postgres",
-                    connect_timeout=5,
-                )
-            except psycopg2.OperationalError:
-                return None
-
-        conn = ps.wait_until("PostgreSQL accepts connections", connect, 120, why=lambda: ps.tail(log))
+        conn = ps.wait_until(
+            "PostgreSQL accepts connections", lambda: self._pg_connect(env), 120, why=lambda: ps.tail(log)
+        )
         conn.autocommit = True
         try:  # not `with conn`: psycopg2 opens a transaction there, which CREATE DATABASE refuses
             with conn.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{env["POSTGRES_DB"]}"')
         finally:
             conn.close()
+
+    def _pg_connect(self, env: dict[str, str]):
+        """A connection to the server as its superuser, or None while it does not accept one."""
+        import psycopg2
+
+        try:
+            return psycopg2.connect(
+                host="127.0.0.1",
+                port=self.pg_port,
+                user=env["POSTGRES_USER"],
+                password=env["POSTGRES_PASSWORD"],
+                dbname="postgres",
+                connect_timeout=5,
+            )
+        except psycopg2.OperationalError:
+            return None
 
     # --- MLflow -----------------------------------------------------------------------------------
     def start_mlflow(self, init: bool = True) -> None:
@@ -432,7 +436,6 @@ class Rehearsal:
     def restart_postgres(self) -> None:
         """The StatefulSet's replacement pod: the same server on the same data folder and port
         (it runs crash recovery first); returns once it accepts connections."""
-        import psycopg2
 
         server, owner, env = self._pg_server
         pod = self.new_pod("postgres")
@@ -442,21 +445,13 @@ class Rehearsal:
                 server, env=self.env(pod), stdout=out, stderr=out, start_new_session=True, **owner
             )
 
-        def accepts() -> bool:
-            try:
-                psycopg2.connect(
-                    host="127.0.0.1",
-                    port=self.pg_port,
-                    user=env["POSTGRES_USER"],
-                    password=env["POSTGRES_PASSWORD"],
-                    dbname="postgres",
-                    connect_timeout=5,
-                ).close()
-                return True
-            except psycopg2.OperationalError:
-                return False
-
-        ps.wait_until("PostgreSQL accepts connections again", accepts, 120, why=lambda: ps.tail(log))
+        conn = ps.wait_until(
+            "PostgreSQL accepts connections again",
+            lambda: self._pg_connect(env),
+            120,
+            why=lambda: ps.tail(log),
+        )
+        conn.close()
 
 
 def wait_for_exit(check, timeout_s: float) -> float | None:
