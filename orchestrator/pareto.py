@@ -81,7 +81,7 @@ def penalised_score(
     accuracy below the trial's target.
 
     ASHA understands one metric only; ranking raw ACR would promote infeasible trials
-    (large radius, low accuracy) and stop feasible ones (STACK.md). NaN/inf give -inf so a
+    (large radius, low accuracy) and stop feasible ones. NaN/inf give -inf so a
     diverging trial is stopped first.
     """
     if not (math.isfinite(val_acr) and math.isfinite(val_acc)):

@@ -20,7 +20,8 @@ true, unpenalised figures. A stopped trial's last result reaches the searcher, w
 Optuna it was PRUNED (its epoch is below its config's ``epochs``); Ray marks that result
 ``done`` as well, so ``done`` does not tell stopped from finished trials.
 
-Rungs live in memory: like Ray's ASHA they start empty after ``Tuner.restore`` (STACK.md).
+Rungs live in memory: like Ray's ``ASHAScheduler`` (whose rungs are not part of the saved
+experiment state) they start empty after ``Tuner.restore``.
 """
 
 from __future__ import annotations
