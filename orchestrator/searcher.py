@@ -15,11 +15,11 @@ region of *that* target is. The design, and the problem each part answers (issue
   feasible for a_j or nearly (``val_acc >= a_j - share_margin``) *and* would rank in that
   study's TPE good group (:meth:`TargetSearcher._shared_with`). TPE's good group is
   ``min(ceil(0.1 n), 25)`` trials counted over the whole study (``TPESampler``'s default
-  ``gamma``): warm-starting a study with every trial filled it with far-infeasible trials ranked only by how far they
-  miss (the previous design); adding every *feasible* trial grows the study and with it the
-  good group, which then takes in trials far above a_j, whose ACR is capped by the tradeoff,
-  pulling the model away from a_j's constraint, where its best ACR is. A copy that could only
-  join the bad group is therefore left out. (Measured in docs/benchmarks.md, section 5: over
+  ``gamma``): warm-starting a study with every trial filled it with far-infeasible trials
+  ranked only by how far they miss (the previous design); adding every *feasible* trial grows
+  the study and with it the good group, which then takes in trials far above a_j, whose ACR
+  is capped by the tradeoff, pulling the model away from a_j's constraint, where its best ACR
+  is. A copy that could only join the bad group is therefore left out. (Measured in docs/benchmarks.md, section 5: over
   24 seeds the lowest target needed 1.5x the trials when every feasible trial was copied;
   over 10 seeds the difference was within the noise.)
 * **Honest outcomes.** A trial that trained all its epochs is COMPLETE. One the scheduler
