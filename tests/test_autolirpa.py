@@ -216,7 +216,7 @@ def test_registered_models() -> None:
 def test_unknown_method() -> None:
     model, x, y, eps = make_case("mlp", "eval")
     with pytest.raises(ValueError, match="unknown bound method"):
-        autolirpa.auto_lirpa_margins(model, x, y, eps, "crown")
+        autolirpa.auto_lirpa_margins(model, x, y, eps, "no-such-bound")
 
 
 def test_missing_auto_lirpa_raises_import_error_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:

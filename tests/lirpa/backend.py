@@ -17,8 +17,11 @@ How it maps onto auto_LiRPA:
 * ``method="ibp"`` -> ``compute_bounds(method="IBP")``; ``"crown-ibp"`` ->
   ``compute_bounds(method="CROWN-IBP")`` (IBP intermediate bounds, one CROWN backward pass
   from the specification) with the ReLU option ``relu="adaptive"``: lower slope 1 where the
-  upper slope u / (u - l) > 0.5, i.e. u > -l, else 0, which is the native choice; ``"best"``
-  is the element-wise maximum of both;
+  upper slope u / (u - l) > 0.5, i.e. u > -l, else 0, which is the native choice;
+  ``"crown-pure"`` -> ``compute_bounds(method="CROWN")`` (CROWN intermediate bounds, same ReLU
+  option); ``"crown"`` -> the same with each ReLU input's IBP bounds as ``reference_bounds``
+  (auto_LiRPA keeps the tighter of both per neuron: CROWN's and IBP's bounds intersected, the
+  native ``"crown"``); ``"best"`` is the element-wise maximum of IBP, CROWN-IBP and CROWN;
 * train mode: a clean forward pass on ``x`` first, so BatchNorm uses the clean batch
   statistics for the bound pass (auto_LiRPA's default ``bn`` mode "forward"), as
   ``trainers.bounds.engine.clean_pass`` does.
@@ -56,7 +59,7 @@ INSTALL_HINT = (
 )
 MIN_VERSION = (0, 3)
 NATIVE_SUPPORT_VERSION = (0, 5)  # from here on the replacements are a fallback only
-METHODS = ("ibp", "crown-ibp", "best")
+METHODS = ("ibp", "crown-ibp", "crown", "crown-pure", "best")
 
 _MODULE: Any = None  # the imported auto_LiRPA module, once loaded
 _ERROR: str | None = None  # the reason it cannot be loaded, once known
@@ -142,6 +145,8 @@ def _load() -> Any:
             _lirpa_compat.apply()
         try:
             module = _import_auto_lirpa()
+            if with_compat:
+                _lirpa_compat.after_import(module)
             break
         except Exception as exc:  # noqa: BLE001 -- any failure means "not usable here"
             first_error = first_error or exc
@@ -211,8 +216,8 @@ def auto_lirpa_margins(
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r} for auto_LiRPA; known: {', '.join(METHODS)}")
     if method == "best":
-        both = auto_lirpa_bounds(model, x, y, eps, ("ibp", "crown-ibp"))
-        return torch.maximum(both["ibp"], both["crown-ibp"])
+        each = auto_lirpa_bounds(model, x, y, eps, ("ibp", "crown-ibp", "crown"))
+        return torch.maximum(torch.maximum(each["ibp"], each["crown-ibp"]), each["crown"])
     return auto_lirpa_bounds(model, x, y, eps, (method,))[method]
 
 
@@ -220,9 +225,9 @@ def auto_lirpa_margins(
 def auto_lirpa_bounds(
     model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, methods: tuple[str, ...] = ("ibp", "crown-ibp")
 ) -> dict[str, Tensor]:
-    """The margin lower bounds of several methods ("ibp", "crown-ibp") from one
+    """The margin lower bounds of several methods (any of METHODS but "best") from one
     ``BoundedModule`` build (the build, a trace of the model, costs more than the bounds)."""
-    unknown = [m for m in methods if m not in ("ibp", "crown-ibp")]
+    unknown = [m for m in methods if m not in METHODS[:-1]]
     if unknown:
         raise ValueError(f"unknown bound method {unknown[0]!r} for auto_LiRPA; known: {', '.join(METHODS)}")
     lirpa = _load()
@@ -247,7 +252,10 @@ def auto_lirpa_bounds(
     copy_ = _lirpa_friendly(copy.deepcopy(model).eval())
     with _lirpa_compat.quiet_exporter():
         bounded = lirpa.BoundedModule(
-            copy_, torch.zeros_like(x), bound_opts={"relu": "adaptive"}, device=x.device
+            copy_,
+            torch.zeros_like(x),
+            bound_opts={"relu": "adaptive", "conv_mode": "matrix"},
+            device=x.device,
         )
     bounded.train(model.training)
     # Train mode: BatchNorm takes the statistics of this clean batch (BoundBatchNormalization
@@ -258,9 +266,17 @@ def auto_lirpa_bounds(
     )
     bx = lirpa.BoundedTensor(x, ptb)
     c = spec_matrix(y.to(device=x.device, dtype=torch.long), num_classes, dtype=x.dtype)
-    names = {"ibp": "IBP", "crown-ibp": "CROWN-IBP"}
-    out = {}
+    names = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "crown-pure": "CROWN"}
+    out, reference = {}, None
+    if "crown" in methods:  # IBP bounds of every ReLU input, from auto_LiRPA's own IBP pass
+        bounded.compute_bounds(x=(bx,), C=c, method="IBP", bound_upper=False)
+        reference = {
+            r.inputs[0].name: (r.inputs[0].lower.clone(), r.inputs[0].upper.clone()) for r in bounded.relus
+        }
     for method in methods:
-        lower, _ = bounded.compute_bounds(x=(bx,), C=c, method=names[method], bound_upper=False)
+        ref = reference if method == "crown" else None
+        lower, _ = bounded.compute_bounds(
+            x=(bx,), C=c, method=names[method], bound_upper=False, reference_bounds=ref
+        )
         out[method] = lower.detach()
     return out

@@ -8,7 +8,7 @@ provides is missing, so ``apply()`` is idempotent and a no-op on the stacks auto
 supports natively (old torch/numpy, or auto_LiRPA >= 0.5 from its source repository, which
 does not use these names).
 
-The four replacements:
+The four replacements (and one fix after the import, :func:`after_import`):
 
 1. ``numpy.lib.arraysetops`` (removed in numpy 2): a module whose ``isin`` is ``numpy.isin``
    (``auto_LiRPA/operators/base.py`` imports it).
@@ -18,6 +18,10 @@ The four replacements:
    (present as a re-export in torch 2.14; installed only if missing).
 4. ``torch._C.Node.__getitem__`` (removed in torch 2.x): attribute lookup by kind, used by
    ``parse_graph`` as ``n[k]`` for each attribute name ``k``.
+5. ``BoundedModule._named_members`` of 0.3 lacks the ``remove_duplicate`` argument that
+   ``nn.Module.parameters()`` passes in torch 2.x; CROWN's intermediate bounds call
+   ``parameters()`` (``get_sparse_C``). The override gets the argument and ignores it (it
+   de-duplicates anyway).
 """
 
 from __future__ import annotations
@@ -82,6 +86,22 @@ def apply() -> list[str]:
     _torch_onnx()
     _torch_node_getitem()
     return list(_APPLIED)
+
+
+def after_import(module: types.ModuleType) -> None:
+    """Replacement 5 on an imported auto_LiRPA (idempotent; a no-op where it is not needed)."""
+    import inspect
+
+    cls = module.BoundedModule
+    original = cls._named_members
+    if "remove_duplicate" in inspect.signature(original).parameters:
+        return
+
+    def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+        return original(self, get_members_fn, prefix, recurse)
+
+    cls._named_members = _named_members
+    _APPLIED.append("auto_LiRPA.BoundedModule._named_members")
 
 
 _QUIET = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
