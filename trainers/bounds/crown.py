@@ -82,6 +82,17 @@ def crown_ibp_margins(
     ``ctx`` may hold the clean-batch BatchNorm statistics (train mode) and, if recorded,
     the IBP pre-activation bounds of every ReLU for this very box.
     """
+    layers, ctx, box, _ = prepare(model, x, eps, ctx)
+    a, bias = spec_last_layer(layers[-1], y)  # [B, S, H], [B, S]
+    return backward_lower(layers, ctx, x, box, a, bias)
+
+
+def prepare(
+    model: nn.Sequential, x: Tensor, eps: Tensor, ctx: BoundContext | None
+) -> tuple[list[nn.Module], BoundContext, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+    """(layers, ctx, input box, interval (c, r) at the last layer's input or None) with the IBP
+    pre-activation bounds of every ReLU in ``ctx.preact``: the ones recorded there if all are,
+    else those of a new IBP pass (whose interval at the last layer's input is returned)."""
     layers = layers_of(model)
     if ctx is None:
         ctx = BoundContext()
@@ -89,12 +100,27 @@ def crown_ibp_margins(
             _, ctx = clean_pass(model, x)
     box = input_box(x, eps)
     relus = [i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+    last = None
     if any(i not in ctx.preact for i in relus):
         ctx.preact.clear()
         ctx.relu_stats.clear()
-        propagate(layers, ctx, box=box, record_preact=True)
+        _, c, r = propagate(layers, ctx, box=box, record_preact=True)
+        last = (c, r)
+    return layers, ctx, box, last
+
+
+def backward_lower(
+    layers: list[nn.Module],
+    ctx: BoundContext,
+    x: Tensor,
+    box: tuple[Tensor, Tensor],
+    a: Tensor,
+    bias: Tensor,
+) -> Tensor:
+    """Lower bounds [B, S] over ``box`` of the S linear functions ``a h + bias`` (a: [B, S, H])
+    of the last layer's input h, by CROWN's backward pass with the pre-activation bounds in
+    ``ctx.preact``. An upper bound of ``a h + bias`` is ``-backward_lower(..., -a, -bias)``."""
     shapes = _input_shapes(layers, x)
-    a, bias = spec_last_layer(layers[-1], y)  # [B, S, H], [B, S]
     for i in range(len(layers) - 2, -1, -1):
         layer = layers[i]
         if isinstance(layer, nn.ReLU):
