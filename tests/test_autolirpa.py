@@ -281,3 +281,37 @@ def test_compat_layer_is_lazy_and_idempotent() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _fusion_params() -> list:
+    out = []
+    for dtype, rel in (("float32", 1e-5), ("float64", 1e-10)):
+        for name in ("linear", "mlp", "conv"):
+            for mode in ("eval", "train"):
+                out.append(pytest.param(name, mode, dtype, rel, id=f"{name}-{mode}-{dtype}"))
+    return out
+
+
+@needs_lirpa
+@pytest.mark.parametrize("name, mode, dtype, rel", _fusion_params())
+def test_loss_fusion_matches_auto_lirpa(name: str, mode: str, dtype: str, rel: float) -> None:
+    """``crown_ibp_ce_upper`` against auto_LiRPA's loss fusion (``tests.lirpa.fusion``): the same
+    IBP intervals of z_j - z_y (specification folded into the last layer), the same chords of
+    exp, the same ReLU slopes, the same beta mixing of the bounds of sum_j exp(z_j - z_y). The
+    tolerance is relative to the largest bound (at least 1), as above."""
+    from tests.lirpa.fusion import auto_lirpa_fused_ce_upper
+    from trainers.bounds.fusion import crown_ibp_ce_upper
+
+    model, x, y, eps = make_case(name, mode, getattr(torch, dtype))
+    betas = (0.0, 0.5, 1.0)
+    lirpa = auto_lirpa_fused_ce_upper(model, x, y, eps, betas)
+    with torch.no_grad():
+        _, ctx = clean_pass(model, x)
+        for beta in betas:
+            native = crown_ibp_ce_upper(model, x, y, eps, ctx, beta=beta)
+            assert native.shape == lirpa[beta].shape == (BATCH,)
+            scale = max(1.0, native.abs().max().item())
+            diff = (native - lirpa[beta]).abs().max().item()
+            assert diff <= rel * scale, f"beta={beta}: max |native - auto_LiRPA| = {diff:.3g}"
+    if name != "linear":  # not vacuous: the CROWN-IBP and IBP bounds differ
+        assert (lirpa[0.0] - lirpa[1.0]).abs().max() > 1e-3
