@@ -154,3 +154,78 @@ def test_certify_cli_bad_input_exits_2(tmp_path, capsys):
     assert "invalid --checkpoint" in capsys.readouterr().err
     assert main(["--checkpoint", "x", "--dataset", "imagenet", "--output-dir", "o"]) == 2
     assert "invalid --dataset 'imagenet'" in capsys.readouterr().err
+
+
+def _tiny_cnn_batch():
+    torch.manual_seed(0)
+    net = build_model("cnn_tiny", input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.3,))
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(64, 1, 8, 8))
+    net.eval()
+    x = torch.rand(40, 1, 8, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+@pytest.mark.parametrize("method", ["crown", "best"])
+def test_no_pgd_attack_succeeds_below_a_crown_or_best_radius(method):
+    net, x, y = _tiny_cnn_batch()
+    radii, _ = certified_radii(net, x, y, eps_cap=0.5, method=method)
+    assert (radii > 0).sum() > 10  # the test is not vacuous
+    adv = pgd_min_margin(net, x, y, radii, steps=60)
+    with torch.no_grad():
+        assert (true_margins(net, adv, y).min(1).values > 0).all()
+
+
+def test_best_radius_is_each_samples_largest_over_ibp_crown_ibp_and_crown():
+    from trainers.bounds import BEST_OF
+
+    net, x, y = _tiny_cnn_batch()
+    each = torch.stack([certified_radii(net, x, y, eps_cap=0.5, method=m)[0] for m in BEST_OF])
+    best, _ = certified_radii(net, x, y, eps_cap=0.5, method="best")
+    assert torch.equal(best, each.amax(0))
+    assert (each[2] > each[0]).any()  # CROWN certifies more than IBP somewhere: best covers it
+
+
+def _checkpoint(tmp_path):
+    net = build_model("mlp_tiny", input_shape=(1, 8, 8), num_classes=4, mean=(0.5,), std=(0.5,))
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(
+        ckpt, net, arch="mlp_tiny", input_shape=[1, 8, 8], num_classes=4, mean=[0.5], std=[0.5], width=None,
+        config={"seed": 0, "val_fraction": 0.1, "synthetic_size": 256},
+    )  # fmt: skip
+    return ckpt
+
+
+@pytest.mark.parametrize("flag", ["--cert-method", "--method"])  # --method: the earlier name, an alias
+def test_certify_cli_cert_method(tmp_path, flag):
+    ckpt = _checkpoint(tmp_path)
+    base = ["--checkpoint", str(ckpt), "--dataset", "synthetic", "--limit", "12", "--device", "cpu"]
+    summaries = {}
+    for method in ("ibp", "best"):
+        out = tmp_path / method
+        assert main([*base, "--output-dir", str(out), flag, method]) == 0
+        summaries[method] = json.loads((out / "summary.json").read_text())
+        assert summaries[method]["method"] == method
+    assert summaries["best"]["acr_uncapped"] >= summaries["ibp"]["acr_uncapped"]
+
+
+def test_certify_cli_bad_cert_method_exits_2_with_one_line(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "cert"
+    argv = [
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "synthetic",
+        "--output-dir",
+        str(out),
+        "--cert-method",
+        "zonotope",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid --cert-method 'zonotope'" in err and "crown" in err
+    assert not out.exists()  # nothing written

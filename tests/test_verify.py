@@ -104,3 +104,38 @@ def test_verify_bad_input_exits_2(tmp_path, trained, capsys):
     assert "invalid --scales '0.5'" in capsys.readouterr().err
     assert verify.main(["--checkpoint", str(ckpt), *base, "--steps", "0"]) == 2
     assert "invalid --steps 0" in capsys.readouterr().err
+
+
+def test_verify_with_best_certificates_finds_no_attack_within_radii(trained, tmp_path):
+    """``--cert-method best`` (largest radius over IBP, CROWN-IBP and CROWN): no broken
+    certificate, and at least the IBP-certified ACR on the same samples."""
+    ckpt, _ = trained
+    base = ["--checkpoint", str(ckpt), "--dataset", "synthetic", "--device", "cpu", "--limit", "64"]
+    base += ["--steps", "30", "--restarts", "2"]
+    summaries = {}
+    for method in ("ibp", "best"):
+        out = tmp_path / method
+        assert verify.main([*base, "--output-dir", str(out), "--cert-method", method]) == 0
+        summaries[method] = json.loads((out / "summary.json").read_text())
+    best = summaries["best"]
+    assert best["method"] == "best" and best["certified"] > 10 and best["broken_certificates"] == 0
+    assert best["acr_uncapped"] >= summaries["ibp"]["acr_uncapped"]
+
+
+def test_verify_bad_cert_method_exits_2_with_one_line(tmp_path, trained, capsys):
+    ckpt, _ = trained
+    out = tmp_path / "v"
+    argv = [
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "synthetic",
+        "--output-dir",
+        str(out),
+        "--cert-method",
+        "nope",
+    ]
+    assert verify.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid --cert-method 'nope'" in err
+    assert not out.exists()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from trainers import metrics as M
 from trainers.attacks import eval_mode, margins_of, pgd_attack
-from trainers.certify import CertifyConfig, as_float, evaluate_on, write_outputs
+from trainers.certify import CertifyConfig, add_method_alias, as_float, evaluate_on, write_outputs
 from trainers.config import TrainConfig
 from trainers.settings import OneLineParser, add_fields, bad, fields_from, flag_of, setting
 
@@ -165,6 +165,7 @@ def build_parser() -> OneLineParser:
         if f.default is dataclasses.MISSING:
             p.add_argument(flag_of(f.name), dest=f.name, required=True, help=f.metadata["help"])
     add_fields(p, VerifyConfig)
+    add_method_alias(p)
     return p
 
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         x,
         y,
         eps_cap=args.eps_cap,
-        method=args.method,
+        method=args.cert_method,
         rel_tol=args.rel_tol,
         batch_size=args.batch_size,
         device=device,
