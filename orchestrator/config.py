@@ -130,6 +130,16 @@ class SweepConfig:
     synthetic_size: int = same_as(TrainConfig, "synthetic_size")
     val_acr_samples: int = same_as(TrainConfig, "val_acr_samples")
     test_samples: int | None = same_as(TrainConfig, "test_samples")
+    # Not named cert_method: that is the trials' own (validation) bound, shared by name with TrainConfig
+    test_cert_method: str = setting(
+        "ibp",
+        "bound of the winners' second set of test certificates, reported beside the trials' own (IBP) "
+        "ones as test_acr_<method>, test_cert_acc_<method>@<eps>; best: each sample's largest radius "
+        "over ibp, crown-ibp and crown",
+        flag="cert-method",
+        metavar="METHOD",
+        known=lambda: _names("trainers.bounds", "BOUND_METHODS"),
+    )
     optuna_storage: str = setting(
         "",
         "Optuna RDB URL for the per-target studies, e.g. postgresql://user@host/db on a cluster (SQLite on "
@@ -166,6 +176,10 @@ class SweepConfig:
         if len(set(self.methods)) != len(self.methods):
             raise bad("--methods", ",".join(self.methods), "duplicate method")
         self._check_numbers()
+        from trainers.bounds import BOUND_METHODS
+
+        if self.test_cert_method not in BOUND_METHODS:
+            raise bad("--cert-method", self.test_cert_method, f"known: {', '.join(BOUND_METHODS.names())}")
         if self.scheduler not in SCHEDULERS:
             raise bad("--scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
         if self.device not in DEVICES:

@@ -79,9 +79,31 @@ def collect_points(grid: Any, method: str) -> MethodResults:
     return out
 
 
-def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dict[str, float]:
+def second_method(cfg: SweepConfig, train: TrainConfig) -> str | None:
+    """The bound of the winners' second set of test certificates (``--cert-method``), or None
+    where it is the trial's own (``cert_method``, IBP unless fixed otherwise)."""
+    return None if cfg.test_cert_method == train.cert_method else cfg.test_cert_method
+
+
+def second_keys(method: str, figures: dict[str, Any]) -> dict[str, float]:
+    """test_acr_<method>, test_acr_norm_<method>, test_acr_uncapped_<method> and
+    test_cert_acc_<method>@<eps> from ``trainers.certify.evaluate``'s figures. The names keep
+    ``test_acr`` and ``test_cert_acc@<eps>`` meaning what they meant: the trials' own bound."""
+    out = {
+        f"{M.TEST_ACR}_{method}": figures[M.ACR],
+        f"{M.TEST_ACR_NORM}_{method}": figures[M.ACR_NORM],
+        f"{M.TEST_ACR_UNCAPPED}_{method}": figures[M.ACR_UNCAPPED],
+    }
+    out.update({f"test_{M.CERT_ACC}_{method}@{e}": v for e, v in figures[M.CERT_ACC].items()})
+    return out
+
+
+def evaluate_checkpoint(
+    checkpoint: Any, train: TrainConfig, device: str, second: str | None = None
+) -> dict[str, float]:
     """Test-set clean accuracy, ACR and certified accuracy of a trial's checkpoint, with the
-    trial's thread count (restored afterwards: it may run in the driver)."""
+    trial's thread count (restored afterwards: it may run in the driver); with ``second``, the
+    figures of that bound method too (``second_keys``)."""
     import torch
 
     from trainers.certify import evaluate_on
@@ -104,6 +126,18 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
             rel_tol=train.cert_rel_tol,
             device=dev,
         )
+        extra = {}
+        if second is not None:
+            other = evaluate_on(
+                spec,
+                model,
+                splits.x_test[:n],
+                splits.y_test[:n],
+                method=second,
+                rel_tol=train.cert_rel_tol,
+                device=dev,
+            )
+            extra = second_keys(second, other)
     finally:
         torch.set_num_threads(threads)
     out = {
@@ -115,7 +149,7 @@ def evaluate_checkpoint(checkpoint: Any, train: TrainConfig, device: str) -> dic
         M.EPOCH: float(meta.get("epoch", 0)),
     }
     out.update({M.cert_acc_key(e): v for e, v in res[M.CERT_ACC].items()})
-    return out
+    return {**out, **extra}
 
 
 def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> dict[str, dict[str, float]]:
@@ -130,14 +164,22 @@ def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> 
 
     cache_uri = f"{cfg.sweep_dir}/{TEST_CACHE}"
     cache = json.loads(read_text(cache_uri) or "{}")
-    todo = {t: w for t, w in winners.items() if t not in cache}
+    second = {t: second_method(cfg, cfg.trial(config)) for t, (_, config) in winners.items()}
+    # an entry made before (or with another) --cert-method lacks this one's figures: redone
+    todo = {
+        t: w
+        for t, w in winners.items()
+        if t not in cache or (second[t] is not None and f"{M.TEST_ACR}_{second[t]}" not in cache[t])
+    }
     if todo and cfg.address is None:
         for t, (ck, config) in todo.items():
-            cache[t] = evaluate_checkpoint(ck, cfg.trial(config), cfg.device)
+            cache[t] = evaluate_checkpoint(ck, cfg.trial(config), cfg.device, second[t])
             write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
     elif todo:
         task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)(evaluate_checkpoint)
-        refs = {t: task.remote(ck, cfg.trial(config), cfg.device) for t, (ck, config) in todo.items()}
+        refs = {
+            t: task.remote(ck, cfg.trial(config), cfg.device, second[t]) for t, (ck, config) in todo.items()
+        }
         for t, ref in refs.items():
             cache[t] = ray.get(ref)
             write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
@@ -188,12 +230,35 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The frontier as a terminal table (test figures; validation accuracy for reference)."""
     certs = sorted({k for r in rows for k in r if M.is_cert_acc(k)}, key=M.cert_eps_of)
-    head = ["dataset", "method", "target", "status", M.VAL_ACC, M.TEST_ACC, M.TEST_ACR, *certs, "trial_id"]
+    # the second bound's ACR and certified accuracies (--cert-method) beside the trials' own
+    acr2 = sorted({k for r in rows for k in r if k.startswith(f"{M.TEST_ACR}_") and not _is_acr_variant(k)})
+    certs2 = sorted(
+        {k for r in rows for k in r if k.startswith(f"test_{M.CERT_ACC}_")},
+        key=lambda k: (M.cert_eps_of(k), k),
+    )
+    head = [
+        "dataset",
+        "method",
+        "target",
+        "status",
+        M.VAL_ACC,
+        M.TEST_ACC,
+        M.TEST_ACR,
+        *certs,
+        *acr2,
+        *certs2,
+    ]
+    head.append("trial_id")
     lines = [head]
     for r in rows:
         lines.append([_fmt(r.get(k, "")) for k in head])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def _is_acr_variant(key: str) -> bool:
+    """test_acr_norm[_m] and test_acr_uncapped[_m]: not shown in the table."""
+    return key.startswith((M.TEST_ACR_NORM, M.TEST_ACR_UNCAPPED))
 
 
 def _fmt(v: Any) -> str:
