@@ -14,7 +14,8 @@ import threading
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
 from trainers.methods import register_method
-from trainers.methods.certified import CertifiedTraining, FixedRadius
+from trainers.methods.certified import CertifiedTraining
+from trainers.radius import FixedRadius
 
 NAN, HUNG = "nan-ibp", "hung-ibp"
 _NEVER = threading.Event()  # a file that never comes: nothing sets it

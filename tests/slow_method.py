@@ -8,7 +8,8 @@ import time
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
 from trainers.methods import register_method
-from trainers.methods.certified import CertifiedTraining, FixedRadius
+from trainers.methods.certified import CertifiedTraining
+from trainers.radius import FixedRadius
 
 NAME = "slow-ibp"
 STEP_SLEEP_S = 0.05

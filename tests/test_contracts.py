@@ -2,7 +2,8 @@
 
 - every data set spec loads its small fixture (written here) into the shape and classes it states;
 - every training method makes a step on every model, without error and with a finite loss
-  and gradients, before and during the radius ramp;
+  and gradients, before and during the radius ramp, and declares its checkpoint hooks;
+  a plugin method (tests/toy_method.py: one file, one register line) is among them;
 - every registered bound method is run by the soundness suite (tests/test_bounds.py
   parametrises over ``BOUND_METHODS``; here only that nothing is left out);
 - every search space samples only settings its method accepts (tests/test_search_spaces.py).
@@ -15,12 +16,16 @@ import math
 import pytest
 import torch
 
+from tests import toy_method  # a plugin method: imported, it is registered like the built-in ones
 from tests.test_data import write_cifar, write_mnist, write_tinyimagenet
 from tests.test_models import SMALL, small_model
+from trainers.bounds import joint_ibp
 from trainers.config import TrainConfig
 from trainers.data import DATASETS, load_splits
 from trainers.methods import TRAINING_METHODS, build_method
+from trainers.methods.base import mixed_loss
 from trainers.models import MODELS
+from trainers.train import run_training
 
 FIXTURES = {  # data set -> writer of its small on-disk fixture (None: generated in code)
     "mnist": lambda root: write_mnist(root, "MNIST", gz=False),
@@ -79,3 +84,53 @@ def test_every_method_steps_on_every_model(method, model_name):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert 0.0 <= float(out.mean_radius) <= out.eps_max + 1e-6
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS.names())
+def test_every_method_declares_its_checkpoint_hooks(method):
+    """The loop calls them on every method (no probing): a method without state returns {}."""
+    m = build_method(TrainConfig(dataset="synthetic", method=method), steps_per_epoch=2)
+    state = m.state_dict()
+    assert isinstance(state, dict)
+    m.load_state_dict(state)
+
+
+def test_the_suites_run_the_built_in_methods_and_a_plugin():
+    assert {"acert", "crown-ibp", "ibp", "mtl-ibp", "standard"} <= set(TRAINING_METHODS.names())
+    assert toy_method.NAME in TRAINING_METHODS.names()
+
+
+def test_a_plugin_method_trains_with_its_own_radius_policy(tmp_path):
+    """tests/toy_method.py is one file with one register line: it trains through the loop, at
+    its own radius (a fraction of eps_max(t)), with nothing else changed."""
+    cfg = TrainConfig(
+        dataset="synthetic",
+        method=toy_method.NAME,
+        synthetic_size=256,
+        epochs=2,
+        std_epochs=0,
+        ramp_epochs=1,
+        batch_size=64,
+        val_acr_samples=32,
+        device="cpu",
+        threads=1,
+    ).replace(fraction=0.25)
+    final = run_training(cfg, output_dir=tmp_path, log=lambda _msg: None)
+    assert final["done"] and final["eps_max"] == pytest.approx(cfg.train_max_eps)
+    assert final["mean_radius"] == pytest.approx(0.25 * cfg.train_max_eps, rel=1e-5)
+
+
+@pytest.mark.parametrize("step", [3, 7])
+def test_the_standard_loss_is_the_mixed_loss_of_the_ibp_margins(step):
+    """The composed step (radius x IBP x kappa mixing) gives the loss ``mixed_loss`` defines."""
+    torch.manual_seed(0)
+    model = small_model("cnn7").train()
+    x, y = torch.rand(6, 3, 8, 8), torch.arange(6) % 5
+    cfg = TrainConfig(
+        dataset="synthetic", method="ibp", epochs=4, std_epochs=1, ramp_epochs=2, kappa=0.25, reg_weight=0.0
+    )
+    m = build_method(cfg, steps_per_epoch=2)
+    out = m.step(model, x, y, step)
+    eps = torch.full((6,), m.schedule.eps_max(step))
+    logits, lb, _ = joint_ibp(model, x, y, eps)
+    assert torch.equal(out.loss, mixed_loss(lb, logits, y, m.schedule.kappa(step)))

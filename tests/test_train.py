@@ -10,8 +10,8 @@ import torch
 from trainers.certify import certified_radii
 from trainers.config import ConfigError, TrainConfig
 from trainers.methods import TRAINING_METHODS, build_method
-from trainers.methods.acert import adaptive_radii
 from trainers.models import build_model, load_model
+from trainers.radius import adaptive_radii
 from trainers.train import (
     DivergedError,
     StopRequested,

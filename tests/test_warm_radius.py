@@ -15,8 +15,8 @@ from trainers.bounds.engine import joint_ibp, other_classes
 from trainers.config import TrainConfig
 from trainers.data import make_synthetic
 from trainers.methods import build_method
-from trainers.methods.acert import WarmRadius, adaptive_radii
 from trainers.models import build_model
+from trainers.radius import WarmRadius, adaptive_radii
 from trainers.settings import ConfigError
 from trainers.train import run_training
 

@@ -1,8 +1,10 @@
 """A toy training method registered from outside ``trainers/``: one file, one register line.
 
-It trains every sample at a fixed fraction of eps_max(t) (a new radius policy) with the
-IBP margins and the usual loss mixing. Used as the sweep's ``--plugins tests.toy_method`` to
-show that a new method reaches the trainer, the search and the frontier with no other change.
+It trains every sample at a fixed fraction of eps_max(t) (a new radius policy, a
+``trainers.radius.RadiusBase``) with the IBP margins and the usual loss mixing. Used as the
+sweep's ``--plugins tests.toy_method`` to show that a new method reaches the trainer, the search
+and the frontier with no other change, and imported by tests/test_contracts.py, whose suites then
+run it as every registered method.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from search_spaces import SpaceContext, SuggestTrial, register_space
 from trainers.methods import register_method
 from trainers.methods.certified import CertifiedTraining
+from trainers.radius import RadiusBase
 from trainers.settings import bad, setting
 
 NAME = "toy-fraction"
@@ -28,9 +31,7 @@ class ToyParams:
             raise bad("fraction", self.fraction, "must lie in (0, 1]")
 
 
-class FractionRadius:
-    needs_clean = False
-
+class FractionRadius(RadiusBase):
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
 

@@ -97,7 +97,7 @@ def l1_norm(model: nn.Module) -> Tensor:
 
 def method_state(method: TrainingMethod) -> dict:
     """What a method keeps across epochs (ACERT's warm radii), for checkpoints; {} for most."""
-    return method.state_dict() if hasattr(method, "state_dict") else {}
+    return method.state_dict()
 
 
 def _save(
@@ -196,7 +196,7 @@ def run_training(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state["history"]
-        if state.get("method") and hasattr(method, "load_state_dict"):
+        if state.get("method"):
             method.load_state_dict(state["method"])
         log(f"resuming {out} after epoch {start}")
     for epoch in range(start, cfg.epochs):

@@ -1,10 +1,20 @@
 """What a training method is, and the registry of methods.
 
-A method is composed, not inherited: a radius policy (which radius each sample is trained at:
-the fixed schedule eps_max(t), or ACERT's adaptive certified radii), a margin bound (IBP, or a
-refinement of it such as CROWN-IBP's beta mixing) and a loss mixing ((1 - kappa) L_rob +
-kappa L_std). ``trainers.methods.certified.CertifiedTraining`` puts them together; a method file
-declares its own settings (a frozen params dataclass) and registers a builder:
+A method is composed, not inherited: a method = radius policy x bound x loss.
+
+- the radius policy (``trainers.radius``): which radius each sample is trained at (the fixed
+  schedule eps_max(t), or ACERT's adaptive certified radii);
+- the bound: the IBP pass the step makes at those radii, optionally refined by a margin bound
+  (``trainers.methods.losses.MarginBound``: CROWN-IBP's beta mixing);
+- the loss (``trainers.methods.losses.Loss``): it gets the batch, the radii, the clean logits,
+  the IBP margins and the BoundContext, and returns the loss. Standard mixing
+  ((1 - kappa) L_rob + kappa L_std around the robust cross-entropy of the margins), MTL-IBP's
+  attack/bound mixture and SABR's small box are losses; a loss may also bound what it needs
+  itself (SABR's box, a loss-fusion CROWN-IBP) and ask the step for no IBP pass.
+
+``trainers.methods.certified.CertifiedTraining`` runs the ONE training step of every certified
+method from these parts. A method file declares its own settings (a frozen params dataclass) and
+registers a builder; a new method is that one file and its one register line:
 
     @dataclass(frozen=True)
     class MyParams:
@@ -12,9 +22,10 @@ declares its own settings (a frozen params dataclass) and registers a builder:
 
     @register_method("my-method", MyParams)
     def build(cfg: TrainConfig, steps_per_epoch: int) -> TrainingMethod:
-        return CertifiedTraining(cfg, steps_per_epoch, radius=FixedRadius(), margins=MyMargins(cfg.params))
+        return CertifiedTraining(cfg, steps_per_epoch, radius=FixedRadius(), loss=MyLoss(cfg.params))
 
-The training loop (``trainers.train``) only calls ``method.step(model, x, y, step)``.
+The training loop (``trainers.train``) calls ``method.step(model, x, y, step, idx)`` and, for
+checkpoints, ``state_dict`` / ``load_state_dict`` (no-ops in :class:`MethodBase`).
 """
 
 from __future__ import annotations
@@ -43,12 +54,29 @@ class StepOutput:
 
 class TrainingMethod(Protocol):
     """``step`` computes the loss of one batch; ``idx`` are the samples' positions in the
-    training split (for methods with per-sample state; optional ``state_dict``/``load_state_dict``
-    put that state in the checkpoint)."""
+    training split (for methods with per-sample state); ``state_dict`` / ``load_state_dict``
+    carry that state through the checkpoint ({} for most methods)."""
+
+    steps_per_epoch: int
 
     def step(
         self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
     ) -> StepOutput: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MethodBase:
+    """A method without state across batches: the checkpoint hooks of :class:`TrainingMethod`
+    as no-ops."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
 
 @dataclass(frozen=True)

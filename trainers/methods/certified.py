@@ -1,24 +1,29 @@
-"""Certified training composed from its parts: a radius schedule, a radius policy, a margin
-bound and the loss mixing, plus the Shi et al. 2021 regulariser during the ramp.
+"""The one training step of every certified method, from its parts: the schedule, a radius
+policy (``trainers.radius``) and a loss (``trainers.methods.losses``), plus the Shi et al. 2021
+regulariser during the ramp.
 
 One step: eps_max(t) from the schedule; before the ramp, standard training. Then the radius
 policy picks each sample's radius (the same eps_max(t) for every sample, or ACERT's adaptive
-radii, which need the clean pass first); one IBP pass bounds the margins (jointly with the clean
-pass when nothing needed it earlier), the margin policy may refine them (CROWN-IBP), and the
-loss is (1 - kappa) L_rob + kappa L_std (+ the regulariser).
+radii, which need the clean pass first). If the loss wants them, one IBP pass bounds the margins
+at those radii (jointly with the clean pass when nothing needed it earlier) and the radius policy
+sees them (``after_bounds``); otherwise only the clean pass runs (running BatchNorm statistics
+updated once, by the clean batch, either way). The loss turns all that into a number; the
+regulariser is added on the pre-activation bounds that were recorded (by the IBP pass, or by the
+loss's own bound pass, whose input box it then returns).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from trainers.bounds import clean_pass, ibp_margins, joint_ibp
 from trainers.bounds.engine import BoundContext, input_box
-from trainers.methods.base import StepOutput, mixed_loss, standard_step
+from trainers.methods.base import MethodBase, StepOutput, standard_step
+from trainers.methods.losses import Loss, LossInput, MarginBound, standard_mixing
 from trainers.methods.regularizers import shi_regularizer
+from trainers.radius.base import RadiusPolicy
 from trainers.schedules import eps_max_at, linear, ramp_progress, reg_weight_at
 
 if TYPE_CHECKING:
@@ -57,64 +62,11 @@ class Schedule:
         return reg_weight_at(eps_t, self.max_eps, self.cfg.reg_weight)
 
 
-class RadiusPolicy(Protocol):
-    """Which radius each sample of a batch is trained at.
+class CertifiedTraining(MethodBase):
+    """A certified training method: schedule x radius policy x (bound x) loss.
 
-    ``idx`` are the samples' positions in the training split (None when the caller has none),
-    for policies that keep per-sample state across epochs; such a policy also has
-    ``state_dict()`` / ``load_state_dict()`` (saved with the checkpoint) and may look at the
-    bound pass it led to with ``after_bounds(...) -> margins``."""
-
-    needs_clean: bool  # True: called with the clean pass of the batch (logits, ctx)
-
-    def __call__(
-        self,
-        model: nn.Sequential,
-        x: Tensor,
-        y: Tensor,
-        eps_t: float,
-        *,
-        clean: tuple[Tensor, BoundContext] | None,
-        regularising: bool,
-        idx: Tensor | None,
-    ) -> Tensor: ...
-
-
-class FixedRadius:
-    """Every sample at eps_max(t) (IBP, CROWN-IBP)."""
-
-    needs_clean = False
-
-    def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
-        return torch.full((x.shape[0],), eps_t, dtype=x.dtype, device=x.device)
-
-
-class MarginPolicy(Protocol):
-    needs_preact: bool  # True: needs the pre-activation bounds recorded by the IBP pass
-
-    def __call__(
-        self,
-        model: nn.Sequential,
-        x: Tensor,
-        y: Tensor,
-        eps: Tensor,
-        lb: Tensor,
-        ctx: BoundContext,
-        step: int,
-    ) -> Tensor: ...
-
-
-class IBPMargins:
-    """The IBP margin bounds as they are."""
-
-    needs_preact = False
-
-    def __call__(self, model, x, y, eps, lb, ctx, step) -> Tensor:
-        return lb
-
-
-class CertifiedTraining:
-    """A certified training method: schedule x radius policy x margin bound x loss mixing."""
+    ``loss`` defaults to the standard mixing around the robust CE of ``margins`` (the IBP
+    margins by default; CROWN-IBP passes its refinement); give one or the other."""
 
     def __init__(
         self,
@@ -122,23 +74,26 @@ class CertifiedTraining:
         steps_per_epoch: int,
         *,
         radius: RadiusPolicy,
-        margins: MarginPolicy | None = None,
+        margins: MarginBound | None = None,
+        loss: Loss | None = None,
         schedule: Schedule | None = None,
     ) -> None:
+        if loss is not None and margins is not None:
+            raise ValueError("give a loss or the margins of the standard loss, not both")
         self.cfg = cfg
         self.schedule = schedule or Schedule(cfg, steps_per_epoch)
         self.radius = radius
-        self.margins = margins or IBPMargins()
+        self.loss = loss if loss is not None else standard_mixing(margins)
 
     @property
     def steps_per_epoch(self) -> int:
         return self.schedule.steps_per_epoch
 
     def state_dict(self) -> dict:
-        return self.radius.state_dict() if hasattr(self.radius, "state_dict") else {}
+        return self.radius.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if state and hasattr(self.radius, "load_state_dict"):
+        if state:
             self.radius.load_state_dict(state)
 
     def step(
@@ -148,29 +103,53 @@ class CertifiedTraining:
         if eps_t <= 0.0:
             return standard_step(model, x, y)
         reg_w = self.schedule.reg_weight(eps_t)
-        record = reg_w > 0 or self.margins.needs_preact
+        logits, eps, lb, ctx = self._passes(model, x, y, eps_t, idx, regularising=reg_w > 0)
+        inp = LossInput(model, x, y, eps, logits, lb, ctx, step, self.schedule, record_preact=reg_w > 0)
+        out = self.loss(inp)
+        loss = out.loss
+        if reg_w > 0:
+            box = out.box if out.box is not None else input_box(x, eps)
+            loss = loss + reg_w * shi_regularizer(ctx, box_radius(model, box), self.cfg.reg_tol)
+        return StepOutput(loss, logits, eps.detach().mean(), eps_t)
+
+    def _passes(
+        self,
+        model: nn.Sequential,
+        x: Tensor,
+        y: Tensor,
+        eps_t: float,
+        idx: Tensor | None,
+        *,
+        regularising: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None, BoundContext]:
+        """The radii and the passes the loss asked for: (clean logits, eps, IBP margins or None, ctx)."""
+        ibp = self.loss.wants_ibp(regularising)
+        record = ibp and (regularising or self.loss.needs_preact)
         if self.radius.needs_clean:
             # the clean pass of the loss (autograd, running statistics updated) comes first, so
             # that the radius policy reuses its logits and BatchNorm statistics
             logits, ctx = clean_pass(model, x, update_stats=True)
-            eps = self.radius(
-                model, x, y, eps_t, clean=(logits.detach(), ctx), regularising=reg_w > 0, idx=idx
-            )
+            clean = (logits.detach(), ctx)
+            eps = self.radius(model, x, y, eps_t, clean=clean, regularising=regularising, idx=idx)
             ctx.preact.clear()
-            lb = ibp_margins(model, x, y, eps, ctx, record_preact=record)
+            lb = ibp_margins(model, x, y, eps, ctx, record_preact=record) if ibp else None
         else:
-            eps = self.radius(model, x, y, eps_t, clean=None, regularising=reg_w > 0, idx=idx)
-            logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=record)
-        if hasattr(self.radius, "after_bounds"):
+            eps = self.radius(model, x, y, eps_t, clean=None, regularising=regularising, idx=idx)
+            if ibp:
+                logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=record)
+            else:
+                (logits, ctx), lb = clean_pass(model, x, update_stats=True), None
+        if lb is not None:
             lb = self.radius.after_bounds(model, x, y, idx, eps, eps_t, logits, lb, ctx)
-        lb = self.margins(model, x, y, eps, lb, ctx, step)
-        loss = mixed_loss(lb, logits, y, self.schedule.kappa(step))
-        if reg_w > 0:
-            loss = loss + reg_w * shi_regularizer(ctx, normalised_radius(model, x, eps), self.cfg.reg_tol)
-        return StepOutput(loss, logits, eps.detach().mean(), eps_t)
+        return logits, eps, lb, ctx
+
+
+def box_radius(model: nn.Sequential, box: tuple[Tensor, Tensor]) -> Tensor:
+    """Radius of an input box after the model's normalisation layer."""
+    lo, hi = box
+    return (hi - lo) / 2 / model[0].std
 
 
 def normalised_radius(model: nn.Sequential, x: Tensor, eps: Tensor) -> Tensor:
-    """Radius of the clipped input box after the model's normalisation layer."""
-    lo, hi = input_box(x, eps)
-    return (hi - lo) / 2 / model[0].std
+    """Radius of the clipped input box of radius eps after the model's normalisation layer."""
+    return box_radius(model, input_box(x, eps))

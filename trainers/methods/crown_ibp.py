@@ -1,5 +1,9 @@
 """CROWN-IBP training (Zhang et al. 2020): the margin bound is beta * CROWN-IBP + (1 - beta)
-* IBP, beta moving from ``beta_start`` to ``beta_end`` as eps_max(t) ramps up."""
+* IBP, beta moving from ``beta_start`` to ``beta_end`` as eps_max(t) ramps up.
+
+Composed as fixed radius x (IBP refined by :class:`CrownIBPMargins`, a ``MarginBound``) x the
+standard loss mixing. A CROWN-IBP that bounds the loss itself would instead be a ``Loss`` (see
+``trainers.methods.losses``) that asks for no IBP pass and bounds from (model, x, y, eps, ctx)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from torch import Tensor
 
 from trainers.bounds import crown_ibp_margins
 from trainers.methods.base import register_method
-from trainers.methods.certified import CertifiedTraining, FixedRadius, Schedule
+from trainers.methods.certified import CertifiedTraining, Schedule
+from trainers.radius import FixedRadius
 from trainers.schedules import linear
 from trainers.settings import bad, setting
 
@@ -26,6 +31,8 @@ class CrownIBPParams:
 
 
 class CrownIBPMargins:
+    """beta(t) * CROWN-IBP + (1 - beta(t)) * IBP margin bounds."""
+
     needs_preact = True  # the backward pass uses IBP's pre-activation bounds
 
     def __init__(self, params: CrownIBPParams, schedule: Schedule) -> None:

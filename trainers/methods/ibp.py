@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from trainers.methods.base import register_method
-from trainers.methods.certified import CertifiedTraining, FixedRadius
+from trainers.methods.certified import CertifiedTraining
+from trainers.radius import FixedRadius
 
 
 @register_method("ibp")

@@ -11,10 +11,10 @@ so the second term is adversarial training's loss and alpha = 1 is IBP training.
 paper's MTL-IBP (the authors' ``train.py``: ``mtlibp_coeff * robust_loss + (1 - mtlibp_coeff)
 * adv_loss``). Its sibling CC-IBP combines the margins before the loss, L(alpha lb_IBP + (1 -
 alpha) m(x_adv)); L is convex in the margins, so CC-IBP's loss is never above MTL-IBP's. As the
-losses, not the margins, are combined, this method is not a margin policy of
-``CertifiedTraining``; it reuses its parts (schedule, fixed radius eps_max(t), the joint clean
-and IBP pass, the Shi et al. 2021 regulariser) and mixes the standard loss as every method
-does: (1 - kappa) L_MTL + kappa L_std (the paper has no such term: kappa defaults to 0).
+losses, not the margins, are combined, this method is a loss (:class:`MTLIBPLoss`) rather than a
+margin bound: fixed radius eps_max(t) x the step's joint clean and IBP pass x L_MTL, with the
+Shi et al. 2021 regulariser of the step and the standard loss mixed in as every method does:
+(1 - kappa) L_MTL + kappa L_std (the paper has no such term: kappa defaults to 0).
 
 BatchNorm: the clean batch's statistics throughout. The IBP pass already normalises the box
 with them (``trainers.bounds.engine``); the attack and the adversarial logits use the same
@@ -30,15 +30,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.attacks import Logits, margins_of, pgd_attack
-from trainers.bounds import clean_pass, joint_ibp
 from trainers.bounds.engine import BoundContext, layers_of, propagate
-from trainers.methods.base import StepOutput, register_method, robust_ce, standard_step
-from trainers.methods.certified import FixedRadius, Schedule, normalised_radius
-from trainers.methods.regularizers import shi_regularizer
+from trainers.methods.base import register_method, robust_ce
+from trainers.methods.certified import CertifiedTraining
+from trainers.methods.losses import KappaMixing, LossBase, LossInput, LossOutput
+from trainers.radius import FixedRadius
 from trainers.settings import bad, setting
 
 
@@ -87,38 +86,20 @@ def with_batch_stats(model: nn.Sequential, ctx: BoundContext, *, detach: bool) -
     return forward
 
 
-class MTLIBPTraining:
-    """One MTL-IBP step: the joint clean/IBP pass, the attack, the combined loss."""
+class MTLIBPLoss(LossBase):
+    """L_MTL = alpha L(lb_IBP) + (1 - alpha) L(m(x_adv)): the step's IBP margins and the margins
+    at a PGD point of the box (the IBP pass is skipped when alpha = 0 and nothing regularises)."""
 
-    def __init__(self, cfg, steps_per_epoch: int, *, schedule: Schedule | None = None) -> None:
-        self.cfg, self.params = cfg, cfg.params
-        self.schedule = schedule or Schedule(cfg, steps_per_epoch)
-        self.radius = FixedRadius()
+    def __init__(self, params: MTLIBPParams) -> None:
+        self.params = params
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.schedule.steps_per_epoch
+    def wants_ibp(self, regularising: bool) -> bool:
+        return self.params.alpha > 0 or regularising
 
-    def step(
-        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
-    ) -> StepOutput:
-        eps_t = self.schedule.eps_max(step)
-        if eps_t <= 0.0:
-            return standard_step(model, x, y)
-        alpha, reg_w = self.params.alpha, self.schedule.reg_weight(eps_t)
-        eps = self.radius(model, x, y, eps_t)
-        if alpha > 0 or reg_w > 0:
-            logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=reg_w > 0)
-        else:  # alpha = 0 and no regulariser: no bound is needed
-            (logits, ctx), lb = clean_pass(model, x, update_stats=True), None
-        adv = self.adversarial_margins(model, x, y, eps, ctx) if alpha < 1 else None
-        loss = mtl_ibp_loss(lb, adv, alpha)
-        kappa = self.schedule.kappa(step)
-        if kappa > 0:
-            loss = (1 - kappa) * loss + kappa * F.cross_entropy(logits, y)
-        if reg_w > 0:
-            loss = loss + reg_w * shi_regularizer(ctx, normalised_radius(model, x, eps), self.cfg.reg_tol)
-        return StepOutput(loss, logits, eps.detach().mean(), eps_t)
+    def __call__(self, inp: LossInput) -> LossOutput:
+        alpha = self.params.alpha
+        adv = self.adversarial_margins(inp.model, inp.x, inp.y, inp.eps, inp.ctx) if alpha < 1 else None
+        return LossOutput(mtl_ibp_loss(inp.lb, adv, alpha))
 
     def adversarial_margins(
         self, model: nn.Sequential, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext
@@ -141,5 +122,7 @@ class MTLIBPTraining:
 
 
 @register_method("mtl-ibp", MTLIBPParams)
-def build(cfg, steps_per_epoch: int) -> MTLIBPTraining:
-    return MTLIBPTraining(cfg, steps_per_epoch)
+def build(cfg, steps_per_epoch: int) -> CertifiedTraining:
+    return CertifiedTraining(
+        cfg, steps_per_epoch, radius=FixedRadius(), loss=KappaMixing(MTLIBPLoss(cfg.params))
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.methods.base import StepOutput, register_method, standard_step
+from trainers.methods.base import MethodBase, StepOutput, register_method, standard_step
 
 
-class Standard:
+class Standard(MethodBase):
     def __init__(self, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
 
