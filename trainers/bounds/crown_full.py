@@ -12,7 +12,8 @@ rest of the engine.
 
 Two variants (both sound):
 
-- ``intersect=False``: pure CROWN, every neuron's bounds from its own backward pass. This is
+- ``intersect=False``: pure CROWN, every neuron's bounds from its own backward pass (but for
+  the first ReLU layer, an affine map of the box, whose IBP bounds are CROWN's). This is
   auto_LiRPA's ``compute_bounds(method="CROWN")`` with ``relu="adaptive"`` (cross-checked in
   ``tests/test_crown.py``).
 - ``intersect=True`` (the registered ``"crown"``): each neuron's bounds are the intersection
@@ -149,12 +150,16 @@ def crown_margins(
             _, ctx = clean_pass(model, x)
     box = input_box(x, eps)
     ibp = BoundContext(affines=ctx.affines)
-    if intersect:
-        propagate(layers, ibp, box=box, record_preact=True)
+    propagate(layers, ibp, box=box, record_preact=True)
     shapes = _input_shapes(layers, x)
     preact: dict[int, tuple[Tensor, Tensor]] = {}
     for i, layer in enumerate(layers):
         if not isinstance(layer, nn.ReLU):
+            continue
+        if not preact:
+            # no ReLU before it: an affine map of the box, which IBP bounds exactly as CROWN does
+            # (auto_LiRPA takes IBP's there too); its rows would be the most expensive ones
+            preact[i] = ibp.preact[i]
             continue
         if intersect:
             lo_ibp, hi_ibp = (t.reshape(x.shape[0], -1) for t in ibp.preact[i])
