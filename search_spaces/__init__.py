@@ -90,4 +90,4 @@ def with_fixed(space: SearchSpace, fixed: Mapping[str, Any]) -> SearchSpace:
     return FixedSpace(space, fixed) if fixed else space
 
 
-from search_spaces import acert, baselines, mtl_ibp  # noqa: E402,F401  (registers the spaces)
+from search_spaces import acert, baselines, mtl_ibp, sabr  # noqa: E402,F401  (registers the spaces)

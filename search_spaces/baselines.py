@@ -14,7 +14,8 @@ from search_spaces import SpaceContext, SuggestTrial, register_space
 from search_spaces.common import suggest_kappa, suggest_optimiser, suggest_schedule
 
 
-def _fixed_radius(trial: SuggestTrial, ctx: SpaceContext, method: str) -> dict[str, Any]:
+def fixed_radius(trial: SuggestTrial, ctx: SpaceContext, method: str) -> dict[str, Any]:
+    """The knobs every fixed-radius method shares (SABR's space adds its own to them)."""
     return {
         "method": method,
         **suggest_schedule(trial, ctx),
@@ -28,12 +29,12 @@ def _fixed_radius(trial: SuggestTrial, ctx: SpaceContext, method: str) -> dict[s
 
 @register_space("ibp")
 def ibp_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
-    return _fixed_radius(trial, ctx, "ibp")
+    return fixed_radius(trial, ctx, "ibp")
 
 
 @register_space("crown-ibp")
 def crown_ibp_space(trial: SuggestTrial, ctx: SpaceContext) -> dict[str, Any]:
-    out = _fixed_radius(trial, ctx, "crown-ibp")
+    out = fixed_radius(trial, ctx, "crown-ibp")
     out["beta_start"] = trial.suggest_float("beta_start", 0.5, 1.0)
     out["beta_end"] = trial.suggest_float("beta_end", 0.0, 0.5)
     return out

@@ -46,7 +46,7 @@ CASES = [
     (["--dataset", "mnist", "--accs", "0.7", "--trials", "0"], "--trials 0"),
     (["--dataset", "mnist", "--accs", "0.7,0.8", "--trials", "1"], "--trials 1"),
     (["--dataset", "mnist", "--accs", "0.7", "--gpus-per-trial", "-1"], "--gpus-per-trial -1.0"),
-    (["--dataset", "mnist", "--accs", "0.7", "--methods", "sabr"], "--methods 'sabr'"),
+    (["--dataset", "mnist", "--accs", "0.7", "--methods", "no-such-method"], "--methods 'no-such-method'"),
     (["--dataset", "mnist", "--accs", "0.7", "--scheduler", "pbt"], "--scheduler 'pbt'"),
     (["--dataset", "mnist", "--accs", "0.7", "--name", "a/b"], "--name 'a/b'"),
     (["--dataset", "mnist", "--accs", "0.7", "--name", "abc\n"], "--name 'abc\\n'"),  # a final newline

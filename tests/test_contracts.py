@@ -96,7 +96,7 @@ def test_every_method_declares_its_checkpoint_hooks(method):
 
 
 def test_the_suites_run_the_built_in_methods_and_a_plugin():
-    assert {"acert", "crown-ibp", "ibp", "mtl-ibp", "standard"} <= set(TRAINING_METHODS.names())
+    assert {"acert", "crown-ibp", "ibp", "mtl-ibp", "sabr", "standard"} <= set(TRAINING_METHODS.names())
     assert toy_method.NAME in TRAINING_METHODS.names()
 
 

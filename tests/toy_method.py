@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
+from search_spaces.common import LR_RANGE
 from trainers.methods import register_method
 from trainers.methods.certified import CertifiedTraining
 from trainers.radius import RadiusBase
@@ -53,5 +54,5 @@ def toy_space(trial: SuggestTrial, ctx: SpaceContext) -> dict:
         "ramp_epochs": 1,
         "fraction": trial.suggest_float("fraction", 0.1, 1.0),
         "kappa": trial.suggest_float("kappa", 0.0, 0.9),
-        "lr": trial.suggest_float("lr", 3e-3, 3e-2, log=True),
+        "lr": trial.suggest_float("lr", *LR_RANGE, log=True),  # the space contract's range
     }

@@ -3,7 +3,7 @@ below (or a plugin module that calls ``register_method``): see ``trainers.method
 
 from __future__ import annotations
 
-from trainers.methods import acert, crown_ibp, ibp, mtl_ibp, standard  # noqa: F401  (register the methods)
+from trainers.methods import acert, crown_ibp, ibp, mtl_ibp, sabr, standard  # noqa: F401  (register the methods)
 from trainers.methods.base import (
     TRAINING_METHODS,
     MethodSpec,
