@@ -21,6 +21,8 @@ from trainers.bounds.engine import (
     AFFINE_PER_CHANNEL,
     BoundContext,
     _affine_of,
+    _Compiled,
+    _compiled_size,
     clean_pass,
     input_box,
     layers_of,
@@ -35,19 +37,90 @@ def _sum_rest(t: Tensor) -> Tensor:
 
 
 def _back_relu(a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Backward step through a ReLU; returns (new A, bias contribution)."""
+    """Backward step through a ReLU; returns (new A, bias contribution).
+
+    With h = max(hi, 0) and n = min(lo, 0), the upper line's slope h / (h - n) is that of
+    CROWN-IBP on unstable neurons (hi / (hi - lo)), 1 on active and 0 on inactive ones, and its
+    intercept -slope * n is 0 on stable ones; the adaptive lower slope [hi > -lo] is 1 on
+    active and 0 on inactive ones too. So no masks: a few passes over the pre-activation
+    bounds, which cost as much as A's own when A has a single row (loss fusion)."""
     lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    unstable = (lo < 0) & (hi > 0)
-    active = lo >= 0
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    up_slope = torch.where(unstable, hi / denom, active.to(a.dtype))
-    up_icpt = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
-    low_slope = torch.where(unstable, (hi > -lo).to(a.dtype), active.to(a.dtype))
+    h, n = hi.clamp(min=0), lo.clamp(max=0)
+    # h - n > 0 unless lo = hi = 0, where slope 0 is exact; the floor only avoids 0 / 0
+    up_slope = h / (h - n).clamp(min=torch.finfo(a.dtype).tiny)
+    low_slope = (hi + lo > 0).to(a.dtype)  # hi + lo > 0 exactly when hi > -lo
     # a_pos * low_slope + a_neg * up_slope (exact: one product is 0), and sum(a_neg * up_icpt)
-    # as a batched product: three tensors of A's size (the largest here) instead of six
-    a_neg = a.clamp(max=0)
-    new_a = torch.mul(a.clamp(min=0), low_slope).addcmul_(a_neg, up_slope)
-    return new_a, _contract(a_neg, up_icpt)
+    # with up_icpt = -up_slope * n as a batched product of (a_neg * up_slope) and n
+    neg_part = torch.mul(a.clamp(max=0), up_slope)
+    new_a = torch.addcmul(neg_part, a.clamp(min=0), low_slope)
+    return new_a, -_contract(neg_part, n)
+
+
+class _OneRowReLU(torch.autograd.Function):
+    """``_back_relu`` for a single row (A of shape [B, 1, ...], loss fusion), with a hand-written
+    backward pass. Composed of autograd ops, the step and its gradient take some thirty passes
+    over activation-sized tensors (each clamp's backward is a masked copy, ``torch.where`` is
+    slow on CPU); with one row these cost more than the convolutions. Here the forward and
+    backward passes are one expression each on [B, N] views (``_one_row_forward`` /
+    ``_one_row_backward``), compiled into one loop each on large CPU tensors like the engine's
+    fused ReLU (``engine.COMPILE_MIN_NUMEL``; eager otherwise, or if compiling fails). Same
+    values; the same gradient wherever it is defined: into lo and hi only on unstable neurons
+    with a negative coefficient, through the upper line, as for the composed ops."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        b = a.shape[0]
+        args = (a.reshape(b, -1), lo.reshape(b, -1), hi.reshape(b, -1))
+        out = _ONE_ROW_FORWARD(*args) if _compiled_size(a) else (None, None)
+        if out[0] is None:
+            out = _one_row_forward(*args)
+        ctx.save_for_backward(*args)
+        ctx.shapes = (a.shape, lo.shape)
+        return out[0].view(a.shape), out[1]
+
+    @staticmethod
+    def backward(ctx, g: Tensor | None, g_extra: Tensor | None):
+        a, lo, hi = ctx.saved_tensors
+        a_shape, lo_shape = ctx.shapes
+        g = torch.zeros_like(a) if g is None else g.reshape(a.shape)
+        ge = a.new_zeros(a.shape[0], 1) if g_extra is None else g_extra.reshape(-1, 1)
+        out = _ONE_ROW_BACKWARD(a, lo, hi, g, ge) if _compiled_size(a) else (None, None, None)
+        if out[0] is None:
+            out = _one_row_backward(a, lo, hi, g, ge)
+        return out[0].view(a_shape), out[1].view(lo_shape), out[2].view(lo_shape)
+
+
+def _one_row_forward(a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """(new A, bias) of the ReLU step on [B, N] views: A+ [hi + lo > 0] + A- up, and
+    -sum(A- up n) with up = h / (h - n), h = max(hi, 0), n = min(lo, 0)."""
+    h, n = hi.clamp(min=0), lo.clamp(max=0)
+    up = h / (h - n).clamp(min=torch.finfo(a.dtype).tiny)
+    t = a.clamp(max=0) * up
+    new_a = t + a.clamp(min=0) * (hi + lo > 0).to(a.dtype)
+    return new_a, -(t * n).sum(1, keepdim=True)
+
+
+def _one_row_backward(
+    a: Tensor, lo: Tensor, hi: Tensor, g: Tensor, ge: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (a, lo, hi) of ``_one_row_forward`` for upstream (g [B, N], ge [B, 1]). Where
+    a < 0: new_a = a up and bias = -a up n, so dL/d(up) = a (g - ge n) and dL/dn gets
+    -ge a up directly; d up / dh = -n / (h - n)^2 and d up / dn = h / (h - n)^2."""
+    h, n = hi.clamp(min=0), lo.clamp(max=0)
+    d = (h - n).clamp(min=torch.finfo(a.dtype).tiny)
+    up = h / d
+    negf = (a < 0).to(a.dtype)
+    low = (hi + lo > 0).to(a.dtype)
+    slope = low + negf * (up - low)
+    grad_a = g * slope - negf * ge * up * n
+    q = negf * a * (g - ge * n) / (d * d)
+    grad_hi = -q * n * (hi > 0).to(a.dtype)
+    grad_lo = (q * h - negf * ge * a * up) * (lo < 0).to(a.dtype)
+    return grad_a, grad_lo, grad_hi
+
+
+_ONE_ROW_FORWARD = _Compiled(_one_row_forward, (None, None))
+_ONE_ROW_BACKWARD = _Compiled(_one_row_backward, (None, None, None))
 
 
 def _contract(a: Tensor, v: Tensor) -> Tensor:
@@ -124,7 +197,8 @@ def backward_lower(
     for i in range(len(layers) - 2, -1, -1):
         layer = layers[i]
         if isinstance(layer, nn.ReLU):
-            a, extra = _back_relu(a, *ctx.preact[i])
+            relu_step = _OneRowReLU.apply if a.shape[1] == 1 else _back_relu
+            a, extra = relu_step(a, *ctx.preact[i])
         elif isinstance(layer, nn.Linear):
             extra = a @ layer.bias if layer.bias is not None else 0.0
             a = a @ layer.weight

@@ -42,6 +42,7 @@ evaluated at today's ``crown_ibp_margins`` (one row either way, ReLU slopes chos
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.bounds.crown import backward_lower, prepare
@@ -69,27 +70,39 @@ def crown_ibp_ce_upper(
         raise ValueError(f"beta={beta!r} must lie in [0, 1]")
     layers, ctx, box, last = prepare(model, x, eps, ctx)
     c, r = last if last is not None else _last_interval(layers, ctx, box)
-    wm, bm = _logit_differences(layers[-1], y)  # [B, K-1, H], [B, K-1]: rows of m_j = z_j - z_y
-    centre = torch.baddbmm(bm.unsqueeze(2), wm, c.unsqueeze(2)).squeeze(2)
-    radius = torch.bmm(wm.abs(), r.unsqueeze(2)).squeeze(2)
+    # m_j = z_j - z_y over all K classes (m_y = 0 exactly: a zero row), without indexing the
+    # weights (the backward pass of an index into W is a scatter, slow on CPU)
+    fc = layers[-1]
+    onehot = F.one_hot(y, fc.out_features).to(c.dtype)
+    w_y = onehot @ fc.weight  # [B, H]
+    z_c = F.linear(c, fc.weight, fc.bias)
+    centre = z_c - (z_c * onehot).sum(1, keepdim=True)
+    radius = torch.bmm((fc.weight[None] - w_y[:, None]).abs(), r.unsqueeze(2)).squeeze(2)
     lo_m = centre - radius
-    up_m = centre + radius if ibp_lb is None else -ibp_lb
-    shift = up_m.detach().amax(1).clamp(min=0.0)  # M
-    floor = torch.exp(-shift)  # the true class's term exp(0 - M)
-    s_ibp = torch.exp(up_m - shift[:, None]).sum(1)
+    if ibp_lb is None:
+        up_m = centre + radius
+    else:  # the caller's IBP bounds: u_j = -lb_j, u_y = 0
+        up_m = torch.zeros_like(centre).scatter(1, other_classes(y, fc.out_features), -ibp_lb)
+    shift = up_m.detach().amax(1, keepdim=True)  # M >= 0 (u_y = 0)
+    s_ibp = torch.exp(up_m - shift).sum(1)
     if beta == 0.0:
-        return torch.log(floor + s_ibp) + shift
-    e_lo = torch.exp(lo_m - shift[:, None])
-    k = torch.exp(up_m - shift[:, None]) * _chord_ratio(up_m - lo_m)  # chord slopes
-    # -(sum_j k_j m_j + sum_j (e_j - k_j l_j)) as a function of the last layer's input
-    a = -torch.bmm(k.unsqueeze(1), wm)  # [B, 1, H]
-    bias = -((k * bm).sum(1) + (e_lo - k * lo_m).sum(1)).unsqueeze(1)
-    s_crown = -backward_lower(layers, ctx, x, box, a, bias).squeeze(1)
-    # S >= 0, so max(S_crown, 0) is a bound too (it only guards the log against rounding)
-    s_mix = s_crown.clamp(min=0.0)
+        return torch.log(s_ibp) + shift.squeeze(1)
+    e_lo = torch.exp(lo_m - shift)
+    k = torch.exp(up_m - shift) * _chord_ratio(up_m - lo_m)  # chord slopes
+    # -(sum_j k_j m_j + sum_j (e_j - k_j l_j)) as a function of the last layer's input h:
+    # sum_j k_j m_j = (k W - (sum_j k_j) W_y) h + k b - (sum_j k_j) b_y
+    k_sum = k.sum(1, keepdim=True)
+    a = (k_sum * w_y - k @ fc.weight).unsqueeze(1)  # [B, 1, H]
+    bias = (e_lo - k * lo_m).sum(1, keepdim=True)
+    if fc.bias is not None:
+        bias = bias + k @ fc.bias[:, None] - k_sum * (onehot @ fc.bias[:, None])
+    s_crown = -backward_lower(layers, ctx, x, box, a, -bias).squeeze(1)
+    # S >= exp(0 - M) (the true class's term), so the maximum with it is a bound too (it only
+    # guards the log against rounding)
+    s_mix = torch.maximum(s_crown, torch.exp(-shift.squeeze(1)))
     if beta < 1.0:
         s_mix = beta * s_mix + (1.0 - beta) * s_ibp
-    return torch.log(floor + s_mix) + shift
+    return torch.log(s_mix) + shift.squeeze(1)
 
 
 def _last_interval(
@@ -106,18 +119,6 @@ def _last_interval(
     lo, hi = ctx.preact[i]
     lo, hi = lo.clamp(min=0.0).flatten(1), hi.clamp(min=0.0).flatten(1)
     return (hi + lo) / 2, (hi - lo) / 2
-
-
-def _logit_differences(last: nn.Linear, y: Tensor) -> tuple[Tensor, Tensor]:
-    """W_j - W_y and b_j - b_y for j != y in increasing order: [B, K-1, H], [B, K-1]."""
-    others = other_classes(y, last.out_features)
-    w, n = last.weight, y.shape[0]
-    w_others = torch.index_select(w, 0, others.reshape(-1)).view(n, -1, w.shape[1])
-    wm = w_others - torch.index_select(w, 0, y)[:, None, :]
-    if last.bias is None:
-        return wm, wm.new_zeros(wm.shape[:2])
-    b = last.bias
-    return wm, torch.index_select(b, 0, others.reshape(-1)).view(n, -1) - torch.index_select(b, 0, y)[:, None]
 
 
 def _chord_ratio(d: Tensor) -> Tensor:
