@@ -229,3 +229,18 @@ def test_certify_cli_bad_cert_method_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid --cert-method 'zonotope'" in err and "crown" in err
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown", "best"])
+def test_a_given_context_gives_the_radii_of_none(method):
+    """A clean-pass context (its BatchNorm maps) changes nothing; in particular CROWN-IBP does
+    not reuse the pre-activation bounds it recorded for an earlier radius or sub-batch."""
+    from trainers.bounds import clean_pass
+    from trainers.certify import certified_radii_batch
+
+    net, x, y = _tiny_cnn_batch()
+    with torch.no_grad():
+        _, ctx = clean_pass(net, x)
+    plain, _ = certified_radii_batch(net, x, y, eps_cap=0.5, method=method)
+    given, _ = certified_radii_batch(net, x, y, eps_cap=0.5, method=method, ctx=ctx)
+    assert (plain > 0).sum() > 10 and torch.equal(plain, given)
