@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,12 +20,15 @@ import torch
 from tests import toy_method  # a plugin method: imported, it is registered like the built-in ones
 from tests.test_data import write_cifar, write_mnist, write_tinyimagenet
 from tests.test_models import SMALL, small_model
-from trainers.bounds import joint_ibp
+from trainers.bounds import ibp_margins, joint_ibp
 from trainers.config import TrainConfig
 from trainers.data import DATASETS, load_splits
 from trainers.methods import TRAINING_METHODS, build_method
-from trainers.methods.base import mixed_loss
+from trainers.methods.base import mixed_loss, robust_ce
+from trainers.methods.certified import CertifiedTraining
+from trainers.methods.losses import KappaMixing, LossBase, LossInput, LossOutput
 from trainers.models import MODELS
+from trainers.radius import FixedRadius
 from trainers.train import run_training
 
 FIXTURES = {  # data set -> writer of its small on-disk fixture (None: generated in code)
@@ -134,3 +138,30 @@ def test_the_standard_loss_is_the_mixed_loss_of_the_ibp_margins(step):
     eps = torch.full((6,), m.schedule.eps_max(step))
     logits, lb, _ = joint_ibp(model, x, y, eps)
     assert torch.equal(out.loss, mixed_loss(lb, logits, y, m.schedule.kappa(step)))
+
+
+class OwnBoundCE(LossBase):
+    """A loss that asks the step for no IBP pass and bounds what it needs itself from
+    (model, x, y, eps, ctx), as SABR's and a loss-fusion CROWN-IBP's do: here plain IBP."""
+
+    def wants_ibp(self, regularising: bool) -> bool:
+        return False
+
+    def __call__(self, inp: LossInput) -> LossOutput:
+        assert inp.lb is None
+        lb = ibp_margins(inp.model, inp.x, inp.y, inp.eps, inp.ctx, record_preact=inp.record_preact)
+        return LossOutput(robust_ce(lb))
+
+
+@pytest.mark.parametrize("step", [3, 7])  # regulariser on, off
+def test_a_loss_may_replace_the_step_bound_by_its_own(step):
+    torch.manual_seed(0)
+    model = small_model("cnn7").train()
+    twin = copy.deepcopy(model)
+    x, y = torch.rand(6, 3, 8, 8), torch.arange(6) % 5
+    cfg = TrainConfig(
+        dataset="synthetic", method="ibp", epochs=4, std_epochs=1, ramp_epochs=2, kappa=0.25, reg_weight=0.5
+    )
+    ref = build_method(cfg, steps_per_epoch=2).step(model, x, y, step)
+    own = CertifiedTraining(cfg, 2, radius=FixedRadius(), loss=KappaMixing(OwnBoundCE()))
+    assert torch.equal(own.step(twin, x, y, step).loss, ref.loss)

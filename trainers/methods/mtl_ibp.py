@@ -44,10 +44,11 @@ from trainers.settings import bad, setting
 @dataclass(frozen=True)
 class MTLIBPParams:
     alpha: float = setting(0.5, "MTL-IBP: weight of the IBP loss in alpha L_IBP + (1 - alpha) L_adv")
-    attack_steps: int = setting(1, "MTL-IBP: PGD steps of the training attack")
-    attack_restarts: int = setting(1, "MTL-IBP: random restarts of the training attack")
+    # the attack's settings share their names (and so their flags) with SABR's
+    attack_steps: int = setting(1, "MTL-IBP, SABR: PGD steps of the training attack (defaults 1, 8)")
+    attack_restarts: int = setting(1, "MTL-IBP, SABR: random restarts of the training attack")
     attack_step_ratio: float | None = setting(
-        None, "MTL-IBP: PGD step as a fraction of the attack radius; default: 2.5 / attack_steps"
+        None, "MTL-IBP, SABR: PGD step as a fraction of the attack radius; default: 2.5 / attack_steps"
     )
     attack_eps_factor: float = setting(1.0, "MTL-IBP: attack radius as a multiple of the training radius")
 
