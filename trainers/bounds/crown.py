@@ -22,7 +22,6 @@ from trainers.bounds.engine import (
     BoundContext,
     _affine_of,
     _Compiled,
-    _compiled_size,
     clean_pass,
     input_box,
     layers_of,
@@ -63,7 +62,7 @@ class _OneRowReLU(torch.autograd.Function):
     slow on CPU); with one row these cost more than the convolutions. Here the forward and
     backward passes are one expression each on [B, N] views (``_one_row_forward`` /
     ``_one_row_backward``), compiled into one loop each on large CPU tensors like the engine's
-    fused ReLU (``engine.COMPILE_MIN_NUMEL``; eager otherwise, or if compiling fails). Same
+    fused ReLU (from ``ONE_ROW_COMPILE_MIN_NUMEL`` units; eager otherwise, or if compiling fails). Same
     values; the same gradient wherever it is defined: into lo and hi only on unstable neurons
     with a negative coefficient, through the upper line, as for the composed ops."""
 
@@ -71,7 +70,7 @@ class _OneRowReLU(torch.autograd.Function):
     def forward(ctx, a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         b = a.shape[0]
         args = (a.reshape(b, -1), lo.reshape(b, -1), hi.reshape(b, -1))
-        out = _ONE_ROW_FORWARD(*args) if _compiled_size(a) else (None, None)
+        out = _ONE_ROW_FORWARD(*args) if _one_row_compiled(a) else (None, None)
         if out[0] is None:
             out = _one_row_forward(*args)
         ctx.save_for_backward(*args)
@@ -84,7 +83,7 @@ class _OneRowReLU(torch.autograd.Function):
         a_shape, lo_shape = ctx.shapes
         g = torch.zeros_like(a) if g is None else g.reshape(a.shape)
         ge = a.new_zeros(a.shape[0], 1) if g_extra is None else g_extra.reshape(-1, 1)
-        out = _ONE_ROW_BACKWARD(a, lo, hi, g, ge) if _compiled_size(a) else (None, None, None)
+        out = _ONE_ROW_BACKWARD(a, lo, hi, g, ge) if _one_row_compiled(a) else (None, None, None)
         if out[0] is None:
             out = _one_row_backward(a, lo, hi, g, ge)
         return out[0].view(a_shape), out[1].view(lo_shape), out[2].view(lo_shape)
@@ -119,6 +118,20 @@ def _one_row_backward(
     return grad_a, grad_lo, grad_hi
 
 
+# Single-row ReLU steps of at least this many units use the compiled kernels on CPU (None:
+# never): cnn_small's layers at batch 128 (0.1-0.4M units) already spend more in eager
+# elementwise passes than in the convolutions of the backward pass.
+ONE_ROW_COMPILE_MIN_NUMEL: int | None = 1 << 16
+
+
+def _one_row_compiled(t: Tensor) -> bool:
+    return (
+        ONE_ROW_COMPILE_MIN_NUMEL is not None
+        and t.device.type == "cpu"
+        and t.numel() >= ONE_ROW_COMPILE_MIN_NUMEL
+    )
+
+
 _ONE_ROW_FORWARD = _Compiled(_one_row_forward, (None, None))
 _ONE_ROW_BACKWARD = _Compiled(_one_row_backward, (None, None, None))
 
@@ -141,9 +154,18 @@ def _back_conv(a: Tensor, layer: nn.Conv2d, in_shape: tuple[int, ...]) -> tuple[
         k = layer.kernel_size[dim]
         full = (size_out - 1) * layer.stride[dim] - 2 * layer.padding[dim] + layer.dilation[dim] * (k - 1) + 1
         extra.append(size_in - full)
+    weight = layer.weight
+    strided_cpu = flat.device.type == "cpu" and layer.stride != (1, 1)
+    if strided_cpu:
+        # a strided transposed convolution in the channels-last layout takes half the time of
+        # the contiguous one on CPU (measured, torch 2.14: the latter takes a slower kernel)
+        flat = flat.contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
     back = F.conv_transpose2d(
-        flat, layer.weight, None, layer.stride, layer.padding, tuple(extra), 1, layer.dilation
+        flat, weight, None, layer.stride, layer.padding, tuple(extra), 1, layer.dilation
     )
+    if strided_cpu:
+        back = back.contiguous()
     return back.view(b, s, *back.shape[1:]), bias
 
 

@@ -12,31 +12,40 @@ How (Xu et al. 2020, "Automatic Perturbation Analysis for Scalable Certified Rob
 Beyond", loss fusion; auto_LiRPA's ``CrossEntropyWrapper`` with ``bound_opts={"loss_fusion":
 True}`` and its ``BoundExp`` relaxation):
 
-* m_j = z_j - z_y (j != y) has IBP bounds [l_j, u_j], computed with the specification folded
-  into the last layer (W_j - W_y), from the interval at the last layer's input: the IBP pass of
-  the training step (its pre-activation bounds in ``ctx.preact``) or a new one. auto_LiRPA's
-  ``_IBP_loss_fusion`` folds the same way.
-* S(x') = sum_j exp(m_j - M), M = max(0, max_j u_j) (a constant shift against overflow,
-  detached as in auto_LiRPA; CE = log(exp(-M) + S) + M for any M).
-* IBP bound: S <= sum_j exp(u_j - M); the resulting CE bound log(1 + sum_j exp(u_j)) is
-  exactly ``robust_ce`` of the IBP margins per sample (its worst-case logits are 0 for y and
-  u_j = -lb_j for j != y, label 0).
+* m_j = z_j - z_y over all K classes (m_y = 0) has IBP bounds [l_j, u_j] (l_y = u_y = 0),
+  computed with the specification folded into the last layer (W_j - W_y) from the interval at
+  the last layer's input: the IBP pass of the training step (its pre-activation bounds in
+  ``ctx.preact``; ``ibp_lb`` gives u_j = -lb_j) or a new one. auto_LiRPA's ``_IBP_loss_fusion``
+  folds the same way.
+* S(x') = sum_j exp(m_j - M), M = max_j u_j >= 0 (a constant shift against overflow, detached
+  as in auto_LiRPA's ``BoundExp``; CE = log S + M for any M).
+* IBP bound: S <= S_ibp = sum_j exp(u_j - M); the resulting CE bound log(1 + sum_{j != y}
+  exp(u_j)) is exactly ``robust_ce`` of the IBP margins per sample (its worst-case logits are
+  0 for y and -lb_j = u_j for j != y, label 0).
 * CROWN-IBP bound: exp is convex, so on [l_j, u_j] it lies below its chord:
-  exp(m - M) <= e_j + k_j (m - l_j), e_j = exp(l_j - M), k_j = (exp(u_j - M) - e_j) / (u_j - l_j)
-  (computed as exp(u_j - M) (1 - exp(l_j - u_j)) / (u_j - l_j); exp(u_j - M) where u_j = l_j). Summed over j this is ONE linear function of the logits,
-  sum_j k_j (z_j - z_y) + const, i.e. one row a = sum_j k_j (W_j - W_y) at the last layer's
-  input; CROWN's backward pass (``crown.backward_lower`` of -a, the ReLU slopes of CROWN-IBP)
-  bounds it from above over the box.
+  exp(m - M) <= e_j + k_j (m - l_j), e_j = exp(l_j - M), k_j = (exp(u_j - M) - e_j) / (u_j - l_j),
+  computed as exp(u_j - M) (1 - exp(l_j - u_j)) / (u_j - l_j) (no overflow), and as exp(u_j - M)
+  (a steeper chord, still above) where u_j - l_j < 1e-6. Summed over j this is ONE linear
+  function of the logits, sum_j k_j (z_j - z_y) + const, i.e. one row a = k W - (sum_j k_j) W_y
+  at the last layer's input; CROWN's backward pass (``crown.backward_lower`` of -a, with
+  CROWN-IBP's ReLU slopes) bounds it from above over the box: S <= S_crown. As S >= exp(-M)
+  (the true class's term), max(S_crown, exp(-M)) is a bound too; it guards the log.
 * beta mixing, as CROWN-IBP training mixes the margins (beta * CROWN-IBP + (1 - beta) * IBP):
-  here the two upper bounds of S are mixed, beta * S_crown + (1 - beta) * S_ibp, which is sound
-  for any beta in [0, 1] (a convex combination of upper bounds of S bounds S), then
-  CE <= log(exp(-M) + S_mix) + M. auto_LiRPA's CIFAR training example with loss fusion mixes
-  the same quantity (the upper bounds of the wrapper's output, sum_j exp). Mixing margins and
-  then applying robust_ce, as the unfused method does, would need the K-1 CROWN margins.
+  here the two upper bounds of S are mixed, S_mix = beta * S_crown + (1 - beta) * S_ibp, which
+  is sound for any beta in [0, 1] (a convex combination of upper bounds of S bounds S), and
+  CE <= log S_mix + M. auto_LiRPA's CIFAR training example with loss fusion mixes the same
+  quantity (the upper bounds of the wrapper's output, sum_j exp). Mixing the margins and then
+  applying robust_ce, as the unfused method does, would need the K-1 CROWN rows again.
+
+Not tighter than the unfused bound: the chord of exp over a wide interval is loose, so with
+large intervals (early in training, large radii) robust_ce of the beta-mixed CROWN-IBP margins
+can be smaller; both are sound. The cost: one backward row instead of K-1, so the backward pass
+costs about one more bound pass of the network (``bench.step``, ``crown_ibp_fused_over_ibp``).
 
 Exact relations (tests/test_fusion.py): beta = 0 gives ``robust_ce(ibp_margins)`` per sample;
 eps = 0 gives CE(f(x), y) for every beta; with K = 2 classes the CROWN part equals the chord
 evaluated at today's ``crown_ibp_margins`` (one row either way, ReLU slopes chosen by sign).
+auto_LiRPA's loss fusion gives the same bounds (tests/test_autolirpa.py, 1e-10 in float64).
 """
 
 from __future__ import annotations
