@@ -77,6 +77,8 @@ def crown_ibp_ce_upper(
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta={beta!r} must lie in [0, 1]")
+    if beta == 0.0 and ibp_lb is not None:  # the IBP part alone needs nothing but the margins
+        return torch.logsumexp(torch.cat([torch.zeros_like(ibp_lb[:, :1]), -ibp_lb], 1), 1)
     layers, ctx, box, last = prepare(model, x, eps, ctx)
     c, r = last if last is not None else _last_interval(layers, ctx, box)
     # m_j = z_j - z_y over all K classes (m_y = 0 exactly: a zero row), without indexing the
