@@ -142,3 +142,17 @@ def test_crown_leaves_the_context_of_crown_ibp_alone() -> None:
             assert torch.equal(ctx.preact[i][0], lo) and torch.equal(ctx.preact[i][1], hi)
         assert torch.equal(crown_ibp_margins(model, x, y, eps, ctx), before)
     assert isinstance(model[-1], nn.Linear)
+
+
+def test_alpha_crown_is_never_below_crown_and_tighter_somewhere() -> None:
+    """Optimised slopes start at CROWN's and keep each margin's best iterate: never below CROWN
+    with the same intermediate bounds (soundness: the suite of tests/test_bounds.py)."""
+    model, x, y, eps = make_case("conv", "train", torch.float32)
+    eps = eps * 2  # more unstable neurons
+    with torch.no_grad():
+        _, ctx = clean_pass(model, x)
+        crown = BOUND_METHODS.get("crown")(model, x, y, eps, ctx)
+        alpha = BOUND_METHODS.get("alpha-crown")(model, x, y, eps, ctx)
+    assert (alpha >= crown).all()
+    assert (alpha > crown + 1e-3).any()
+    assert not alpha.requires_grad

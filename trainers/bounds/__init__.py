@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from trainers.bounds.alpha_crown import alpha_crown_margins
 from trainers.bounds.crown import crown_ibp_margins
 from trainers.bounds.crown_full import crown_margins
 from trainers.bounds.engine import BoundContext, clean_pass, ibp_margins, joint_ibp, other_classes
@@ -21,6 +22,7 @@ BOUND_METHODS: Registry = Registry("bound method")
 BOUND_METHODS.register("ibp", ibp_margins)
 BOUND_METHODS.register("crown-ibp", crown_ibp_margins)
 BOUND_METHODS.register("crown", crown_margins)
+BOUND_METHODS.register("alpha-crown", alpha_crown_margins)
 # The methods ``best`` combines: the cheapest first (a certifier can stop early on a sample)
 BEST_OF = ("ibp", "crown-ibp", "crown")
 

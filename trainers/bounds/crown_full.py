@@ -33,6 +33,8 @@ instead.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -61,13 +63,17 @@ def _backward(
     a: Tensor,
     bias: Tensor,
     box: tuple[Tensor, Tensor],
+    alphas: dict[int, Tensor] | None = None,
 ) -> Tensor:
     """Lower bounds [B, S] of ``A f_start(x) + bias`` over the input box, where ``A`` [B, S, ...]
-    acts on the output of layer ``start`` (``start = -1``: on the input itself)."""
+    acts on the output of layer ``start`` (``start = -1``: on the input itself). ``alphas``
+    (ReLU layer -> [B, S, ...] in [0, 1]) replaces the adaptive lower slopes of those ReLUs."""
     for i in range(start, -1, -1):
         layer = layers[i]
         extra: Tensor | float = 0.0
-        if isinstance(layer, nn.ReLU):
+        if isinstance(layer, nn.ReLU) and alphas is not None and i in alphas:
+            a, extra = _back_relu_alpha(a, *preact[i], alphas[i])
+        elif isinstance(layer, nn.ReLU):
             a, extra = _back_relu(a, *preact[i])
         elif isinstance(layer, nn.Linear):
             extra = a @ layer.bias if layer.bias is not None else 0.0
@@ -124,6 +130,19 @@ def _neuron_bounds(
     return lower, upper
 
 
+def _back_relu_alpha(a: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """``_back_relu`` with the lower slope ``alpha`` (per row and neuron) of unstable neurons:
+    z >= alpha z holds on [l, u] for any alpha in [0, 1], so the bound is sound for all of them."""
+    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
+    unstable = (lo < 0) & (hi > 0)
+    active = (lo >= 0).to(a.dtype)
+    up_slope = torch.where(unstable, hi / torch.where(unstable, hi - lo, torch.ones_like(hi)), active)
+    up_icpt = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    low_slope = torch.where(unstable, alpha, active)
+    a_neg = a.clamp(max=0)
+    return a.clamp(min=0) * low_slope + a_neg * up_slope, _contract(a_neg, up_icpt)
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     out = 1
     for d in shape:
@@ -143,32 +162,56 @@ def crown_margins(
     """CROWN lower bounds of z_y - z_j (j != y), shape [B, K-1] (see the module doc for
     ``intersect``). ``ctx`` may hold the clean-batch BatchNorm statistics (train mode); its
     recorded pre-activation bounds, if any, are neither read nor changed (CROWN-IBP's are IBP's)."""
-    layers = layers_of(model)
-    if ctx is None:
-        ctx = BoundContext()
-        if model.training and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in layers):
-            _, ctx = clean_pass(model, x)
-    box = input_box(x, eps)
-    ibp = BoundContext(affines=ctx.affines)
-    propagate(layers, ibp, box=box, record_preact=True)
-    shapes = _input_shapes(layers, x)
-    preact: dict[int, tuple[Tensor, Tensor]] = {}
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, nn.ReLU):
-            continue
-        if not preact:
-            # no ReLU before it: an affine map of the box, which IBP bounds exactly as CROWN does
-            # (auto_LiRPA takes IBP's there too); its rows would be the most expensive ones
-            preact[i] = ibp.preact[i]
-            continue
-        if intersect:
-            lo_ibp, hi_ibp = (t.reshape(x.shape[0], -1) for t in ibp.preact[i])
-            rows = (lo_ibp < 0) & (hi_ibp > 0)
-        else:
-            rows = torch.ones(x.shape[0], _numel(shapes[i]), dtype=torch.bool, device=x.device)
-        lo, hi = _neuron_bounds(layers, ctx, preact, shapes, i, rows, box)
-        if intersect:
-            lo, hi = torch.maximum(lo, lo_ibp), torch.minimum(hi, hi_ibp)
-        preact[i] = (lo.view(x.shape[0], *shapes[i]), hi.view(x.shape[0], *shapes[i]))
-    a, bias = spec_last_layer(layers[-1], y)
-    return _backward(layers, ctx, preact, shapes, len(layers) - 2, a, bias, box)
+    state = CrownState.of(model, x, eps, ctx, intersect=intersect)
+    a, bias = spec_last_layer(state.layers[-1], y)
+    return state.backward(a, bias)
+
+
+@dataclass
+class CrownState:
+    """The layers, BatchNorm maps, input box and CROWN pre-activation bounds of one batch: what
+    a backward pass from the specification needs (``trainers.bounds.alpha_crown`` runs many)."""
+
+    layers: list[nn.Module]
+    ctx: BoundContext
+    preact: dict[int, tuple[Tensor, Tensor]]
+    shapes: list[tuple[int, ...]]
+    box: tuple[Tensor, Tensor]
+
+    def backward(self, a: Tensor, bias: Tensor, alphas: dict[int, Tensor] | None = None) -> Tensor:
+        """Lower bounds of ``A z + bias``, z the input of the last layer (``alphas``: see ``_backward``)."""
+        start = len(self.layers) - 2
+        return _backward(self.layers, self.ctx, self.preact, self.shapes, start, a, bias, self.box, alphas)
+
+    @classmethod
+    def of(
+        cls, model: nn.Sequential, x: Tensor, eps: Tensor, ctx: BoundContext | None, *, intersect: bool = True
+    ) -> CrownState:
+        layers = layers_of(model)
+        if ctx is None:
+            ctx = BoundContext()
+            if model.training and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in layers):
+                _, ctx = clean_pass(model, x)
+        box = input_box(x, eps)
+        ibp = BoundContext(affines=ctx.affines)
+        propagate(layers, ibp, box=box, record_preact=True)
+        shapes = _input_shapes(layers, x)
+        preact: dict[int, tuple[Tensor, Tensor]] = {}
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, nn.ReLU):
+                continue
+            if not preact:
+                # no ReLU before it: an affine map of the box, which IBP bounds exactly as CROWN
+                # does (auto_LiRPA takes IBP's there too); its rows would be the most expensive
+                preact[i] = ibp.preact[i]
+                continue
+            if intersect:
+                lo_ibp, hi_ibp = (t.reshape(x.shape[0], -1) for t in ibp.preact[i])
+                rows = (lo_ibp < 0) & (hi_ibp > 0)
+            else:
+                rows = torch.ones(x.shape[0], _numel(shapes[i]), dtype=torch.bool, device=x.device)
+            lo, hi = _neuron_bounds(layers, ctx, preact, shapes, i, rows, box)
+            if intersect:
+                lo, hi = torch.maximum(lo, lo_ibp), torch.minimum(hi, hi_ibp)
+            preact[i] = (lo.view(x.shape[0], *shapes[i]), hi.view(x.shape[0], *shapes[i]))
+        return cls(layers, ctx, preact, shapes, box)
