@@ -169,7 +169,7 @@ def _tiny_cnn_batch():
     return net, x, y
 
 
-@pytest.mark.parametrize("method", ["crown", "best"])
+@pytest.mark.parametrize("method", ["crown", "alpha-crown", "best"])
 def test_no_pgd_attack_succeeds_below_a_crown_or_best_radius(method):
     net, x, y = _tiny_cnn_batch()
     radii, _ = certified_radii(net, x, y, eps_cap=0.5, method=method)

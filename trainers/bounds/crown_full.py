@@ -28,7 +28,9 @@ layers of (rows x work of the layers before it): quadratic in depth and in width
 CROWN-IBP moves only K - 1 rows once. The rows are processed in chunks of at most
 ``CHUNK_ELEMENTS`` elements per A tensor (256 MiB in float32; a backward step holds about
 three such tensors), so memory stays at about 1 GiB for any model and batch, and time grows
-instead.
+instead. CNN7 on 28x28 inputs with 1-2 thousand IBP-unstable neurons per layer takes about a
+minute per bound evaluation of two samples on two CPU cores, at under 2 GiB: CROWN certifies
+small models or few samples on a CPU.
 """
 
 from __future__ import annotations
