@@ -211,3 +211,32 @@ def test_one_row_relu_step_matches_the_composed_step(compiled, monkeypatch):
     tol = 1e-5 if compiled else 1e-12
     for want, got in zip(*grads):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def _crown_ibp_step(model, x, y, step: int, **params):
+    from trainers.config import TrainConfig
+    from trainers.methods import build_method
+
+    base = {"epochs": 4, "std_epochs": 1, "ramp_epochs": 2, "max_eps": 0.05, "kappa": 0.25, "reg_weight": 0.5}
+    cfg = TrainConfig.from_dict({"dataset": "synthetic", "method": "crown-ibp", **base, **params})
+    return build_method(cfg, steps_per_epoch=2).step(model, x, y, step)
+
+
+def test_the_crown_ibp_method_trains_on_the_fused_bound_by_default():
+    """crown-ibp's robust loss is the mean fused bound (beta of its schedule), kappa-mixed and
+    regularised as every method: after the ramp (beta = 0) it is the robust CE of the IBP
+    margins, the same loss as with ``--no-loss-fusion``; mid-ramp (beta = 0.75) the two forms
+    differ and the fused one trains every weight."""
+    import copy
+
+    net = conv_net(c=3, k=5).train()  # BatchNorm in train mode, padded and strided convolutions
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(6, 3, 8, 8, generator=g), torch.arange(6) % 5
+    after = [_crown_ibp_step(copy.deepcopy(net), x, y, 7, loss_fusion=f).loss for f in (True, False)]
+    torch.testing.assert_close(after[0], after[1], rtol=1e-6, atol=0)
+    fused_net = copy.deepcopy(net)
+    fused = _crown_ibp_step(fused_net, x, y, 3, loss_fusion=True)
+    margins = _crown_ibp_step(copy.deepcopy(net), x, y, 3, loss_fusion=False)
+    assert torch.isfinite(fused.loss) and not torch.allclose(fused.loss, margins.loss)
+    fused.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fused_net.parameters())
