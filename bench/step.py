@@ -26,13 +26,12 @@ IBP step: what the regulariser and the recorded bounds cost) is measured side by
 If auto_LiRPA is importable, its IBP step (Shi et al.'s setup) is timed as well, through the
 same ``train_step``.
 
-``crown-ibp-fused`` is CROWN-IBP with loss fusion (``trainers.bounds.fusion``), built here as
-the method would build it (``FusedCrownIBP``): the IBP pass of the step with recorded
-pre-activation bounds, then ``crown_ibp_ce_upper`` (beta of CROWN-IBP's schedule) as the
-robust loss, mixed and regularised as CertifiedTraining does. ``crown_ibp_over_ibp`` and
-``crown_ibp_fused_over_ibp`` are the step-time ratios to the IBP step of the same phase (an
-epoch is steps_per_epoch such steps, so they are the epoch ratios); ``*_paired`` are the
-medians of the per-round ratios.
+Any registered method can be timed (``--methods``). ``crown-ibp`` is the method as it trains by
+default, with loss fusion (``trainers.bounds.fusion``); ``crown-ibp-margins`` is the same method
+with ``loss_fusion=False`` (the bound on each of the 9 margins, the original formulation).
+``<method>_over_ibp`` are the step-time ratios to the IBP step of the same phase (an epoch is
+steps_per_epoch such steps, so they are the epoch ratios); ``*_paired`` are the medians of the
+per-round ratios.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.common import (
@@ -60,15 +58,11 @@ from bench.common import (
     ratio,
     setup,
 )
-from trainers.bounds import joint_ibp
-from trainers.bounds.fusion import crown_ibp_ce_upper
 from trainers.config import TrainConfig
 from trainers.methods import StepOutput, TrainingMethod, build_method
-from trainers.methods.base import robust_ce, standard_step
-from trainers.methods.certified import Schedule, normalised_radius
-from trainers.methods.regularizers import shi_regularizer
+from trainers.methods.base import robust_ce
+from trainers.methods.certified import Schedule
 from trainers.models import build_model, ibp_init
-from trainers.schedules import linear
 from trainers.train import train_step
 
 # name -> (registered model, data set whose paper settings apply, input shape, width)
@@ -80,8 +74,10 @@ QUICK_ARCHS = {
     "mnist": ("cnn_small", "mnist", (1, 28, 28), 4),
     "cifar": ("cnn7", "cifar10", (3, 16, 16), 4),
 }
-KAPPA = {"mnist": 0.0, "cifar10": 0.25}  # the paper's default loss mixing (PAPER.md)
-METHODS = ("standard", "ibp", "crown-ibp", "crown-ibp-fused", "acert")
+KAPPA = {"mnist": 0.0, "cifar10": 0.25}  # the ACERT authors' default loss mixing per data set
+METHODS = ("standard", "ibp", "crown-ibp", "crown-ibp-margins", "acert", "mtl-ibp", "sabr")
+# bench-only variants: (registered method, settings)
+VARIANTS = {"crown-ibp-margins": ("crown-ibp", {"loss_fusion": False})}
 STEPS_PER_EPOCH, EPOCHS, STD_EPOCHS, RAMP_EPOCHS = 10, 10, 1, 8
 NUM_CLASSES = 10
 WARMUP_STEPS = {"mnist": 30, "cifar": 0}
@@ -145,37 +141,6 @@ def train_step_fn(
         stats["eps_max"] = float(res.eps_max)
 
     return run
-
-
-class FusedCrownIBP:
-    """CROWN-IBP with loss fusion as a training method, for timing: the step of
-    ``CertifiedTraining`` with every sample at eps_max(t), whose robust loss is the mean of
-    ``crown_ibp_ce_upper`` (beta from CROWN-IBP's own schedule and settings) instead of
-    ``robust_ce`` of beta-mixed margins."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg.replace(method="crown-ibp")
-        self.schedule = Schedule(self.cfg, STEPS_PER_EPOCH)
-        self.steps_per_epoch = STEPS_PER_EPOCH
-
-    def step(
-        self, model: nn.Sequential, x: Tensor, y: Tensor, step: int, idx: Tensor | None = None
-    ) -> StepOutput:
-        eps_t = self.schedule.eps_max(step)
-        if eps_t <= 0.0:
-            return standard_step(model, x, y)
-        params = self.cfg.params
-        beta = linear(params.beta_start, params.beta_end, self.schedule.ramp(step))
-        reg_w = self.schedule.reg_weight(eps_t)
-        eps = torch.full((x.shape[0],), eps_t, dtype=x.dtype, device=x.device)
-        logits, lb, ctx = joint_ibp(model, x, y, eps, record_preact=reg_w > 0 or beta > 0)
-        loss = crown_ibp_ce_upper(model, x, y, eps, ctx, beta=beta, ibp_lb=lb).mean()
-        kappa = self.schedule.kappa(step)
-        if kappa > 0:
-            loss = (1 - kappa) * loss + kappa * F.cross_entropy(logits, y)
-        if reg_w > 0:
-            loss = loss + reg_w * shi_regularizer(ctx, normalised_radius(model, x, eps), self.cfg.reg_tol)
-        return StepOutput(loss, logits, eps.detach().mean(), eps_t)
 
 
 class LirpaIBP:
@@ -260,10 +225,8 @@ def bench_config(
     fns, stats = {}, {}
     for name in args.methods:
         seams = {"bound_factory": counter} if name == "acert" else {}
-        if name == "crown-ibp-fused":
-            method = FusedCrownIBP(cfg)
-        else:
-            method = build_method(cfg.replace(method=name), STEPS_PER_EPOCH, **seams)
+        registered, params = VARIANTS.get(name, (name, {}))
+        method = build_method(cfg.replace(method=registered, **params), STEPS_PER_EPOCH, **seams)
         stats[name] = {}
         fns[name] = train_step_fn(method, copy.deepcopy(model), x, y, step, cfg.grad_clip, stats[name])
     if args.phase == "ramp" and "ibp" in args.methods:
@@ -301,8 +264,8 @@ def bench_config(
     for name in fns:
         if name not in ("standard", "acert_solver_worst"):
             out[f"{name.replace('-', '_')}_ratio"] = ratio(times, name, "standard")
-    for name in ("crown-ibp", "crown-ibp-fused"):
-        if name in times and "ibp" in times:
+    for name in fns:
+        if name not in ("standard", "ibp", "ibp_final", "acert_solver_worst") and "ibp" in times:
             key = f"{name.replace('-', '_')}_over_ibp"
             out[key] = ratio(times, name, "ibp")
             out[f"{key}_paired"] = paired_ratio(times, name, "ibp")
