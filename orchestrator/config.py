@@ -54,6 +54,12 @@ def _searchable() -> tuple[str, ...]:
     return certified_methods()
 
 
+def _protocols() -> tuple[str, ...]:
+    from search_spaces import PROTOCOLS
+
+    return PROTOCOLS
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """Everything one sweep depends on."""
@@ -64,6 +70,12 @@ class SweepConfig:
         ("acert",), "training methods, comma-separated (one search each)", known=_searchable
     )
     trials: int = setting(24, "trial budget per method, shared by all targets")
+    protocol: str = setting(
+        "tuned",
+        "search protocol: tuned (every method searches its training radius cap, 1/8 to 2x the data set's "
+        "radius, and kappa up to 0.99) or paper (the cap fixed at the data set's radius, kappa searched)",
+        known=_protocols,
+    )
     epochs: int = same_as(
         TrainConfig,
         "epochs",
@@ -180,6 +192,8 @@ class SweepConfig:
 
         if self.test_cert_method not in BOUND_METHODS:
             raise bad("--cert-method", self.test_cert_method, f"known: {', '.join(BOUND_METHODS.names())}")
+        if self.protocol not in _protocols():
+            raise bad("--protocol", self.protocol, f"choose one of {', '.join(_protocols())}")
         if self.scheduler not in SCHEDULERS:
             raise bad("--scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
         if self.device not in DEVICES:

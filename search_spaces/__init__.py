@@ -24,18 +24,28 @@ class SuggestTrial(Protocol):
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
 
+# How the spaces trace the accuracy-robustness trade-off (--protocol). tuned: every method
+# searches its training radius cap (1/8 to 2x the data set's radius) and kappa; paper: the cap
+# is the data set's radius for every method and kappa is searched, as the ACERT authors trace
+# accuracy-robustness curves (kappa varied at a fixed radius).
+PROTOCOLS = ("tuned", "paper")
+
+
 @dataclass(frozen=True)
 class SpaceContext:
     """What a space may depend on: fixed for a whole sweep, never per trial."""
 
     max_epochs: int  # --epochs: the largest epoch count a trial may use
-    ref_eps: float  # the dataset's standard training radius (PAPER.md), pixel units
+    ref_eps: float  # the dataset's standard training radius, pixel units
+    protocol: str = "tuned"  # --protocol, one of PROTOCOLS
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
             raise ValueError(f"invalid max_epochs={self.max_epochs!r}: must be >= 1")
         if not self.ref_eps > 0:
             raise ValueError(f"invalid ref_eps={self.ref_eps!r}: must be > 0")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"invalid protocol={self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
 
 SearchSpace = Callable[[SuggestTrial, SpaceContext], dict[str, Any]]
