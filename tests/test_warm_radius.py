@@ -16,7 +16,7 @@ from trainers.config import TrainConfig
 from trainers.data import make_synthetic
 from trainers.methods import build_method
 from trainers.models import build_model
-from trainers.radius import WarmRadius, adaptive_radii
+from trainers.radius import AdaptiveRadius, WarmRadius, adaptive_radii
 from trainers.settings import ConfigError
 from trainers.train import run_training
 
@@ -161,14 +161,23 @@ def test_slope_mode_estimates_newly_correct_samples_without_a_bound_pass():
     assert float(rel.median()) < 0.05, float(rel.median())
 
 
-def test_flipped_bound_mode_trains_on_the_bound_at_the_estimate():
-    """``warm_flipped="bound"``: a sample misclassified now keeps its bound at the estimated
-    radius (no clean-pass backward), ``clean`` replaces it by its clean margins (radius 0)."""
+def test_the_exact_solver_is_acerts_default():
+    """ACERT as published: every sample's radius root-solved every batch, unless asked for warm."""
+    cfg = TrainConfig.from_dict({"method": "acert"})
+    assert isinstance(build_method(cfg, steps_per_epoch=1).radius, AdaptiveRadius)
+    assert isinstance(warm_method().radius, WarmRadius)
+
+
+def test_flipped_modes_clean_by_default_or_the_bound_at_the_estimate():
+    """``warm_flipped="clean"`` (the default): a sample misclassified now trains on its clean
+    margins (radius 0, as the paper); ``bound`` keeps its bound at the estimated radius (no
+    clean-pass backward)."""
     model, x, y = trained_mlp(steps=0)  # untrained: many samples misclassified
     idx = torch.arange(len(y))
     out = {}
-    for mode in ("clean", "bound"):
-        m = warm_method(warm_flipped=mode)
+    for mode in ("clean", "bound", None):
+        m = warm_method() if mode is None else warm_method(warm_flipped=mode)
+        mode = mode or "clean"  # what the default must behave as
         m.radius.r_est = torch.full((len(y),), 0.05)
         logits, lb, ctx = joint_ibp(model, x, y, torch.full((len(y),), 0.05))
         out[mode] = m.radius.after_bounds(model, x, y, idx, torch.full((len(y),), 0.05), 0.1, logits, lb, ctx)

@@ -4,10 +4,11 @@ Every sample is trained at its own radius eps_i: its current certified radius un
 model, i.e. the root of R(x_i, eps) = 0 with R the smallest IBP margin lower bound, capped
 at eps_max(t) (the radius-growth schedule) and 0 for misclassified samples. The paper finds
 the roots per batch, without gradients, with Brent's method (~10 iterations): here
-``radius_solver=exact``, the vectorised bracketing solver of ``trainers.rootfind``. The default,
-``warm`` (``trainers.radius.WarmRadius``), carries each sample's radius across epochs and updates it from
-the loss's own pass; it trains as well as the exact solver at 1.1x an IBP epoch instead of
-2x (docs/benchmarks.md §2b). The loss is
+``radius_solver=exact`` (the default), the vectorised bracketing solver of ``trainers.rootfind``.
+``warm`` (``trainers.radius.WarmRadius``) carries each sample's radius across epochs and updates
+it from the loss's own pass, at ~1.1x an IBP epoch instead of ~2x; it is not the default because
+on MNIST (max_eps 0.4) it trained 12-24 points less accurately than exact (docs/benchmarks.md
+§2b, docs/method.md). The loss is
 (1 - kappa) * L_rob(x, eps_i) + kappa * L_std(x), plus the Shi et al. regularisers during the
 ramp, when eps_i may be floored at ``min_eps``. The method is composed from its parts: the radius
 policies of ``trainers.radius.adaptive``, the IBP margins and the standard loss mixing.
@@ -44,10 +45,10 @@ class ACERTParams:
     root_rel_tol: float = setting(1e-4, "ACERT: relative tolerance of the adaptive radii")
     min_eps: float = setting(1e-6, "ACERT: floor of the adaptive radii while regularising")
     radius_solver: str = setting(
-        "warm",
-        "ACERT: warm (carry each sample's radius across epochs and update it from the pass the loss "
-        "makes; as good as exact at about half the epoch time) or exact (root-solve every sample's "
-        "radius every batch, as the paper)",
+        "exact",
+        "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm (carry "
+        "each sample's radius across epochs and update it from the pass the loss makes: about half "
+        "the epoch time, but less accurate at large radii, docs/benchmarks.md §2b)",
     )
     warm_overshoot: float = setting(
         0.0,
@@ -61,10 +62,10 @@ class ACERTParams:
         "slope: no extra bound pass; the next visit's secant corrects it)",
     )
     warm_flipped: str = setting(
-        "bound",
+        "clean",
         "ACERT warm solver: the loss of a sample misclassified now but not when its radius was "
-        "estimated: clean (its clean margins, as the exact solver's radius 0; the loss then "
-        "needs the clean pass's backward) or bound (its bound at the estimated radius)",
+        "estimated: clean (its clean margins, radius 0 as the paper and the exact solver; the loss "
+        "then needs the clean pass's backward) or bound (its bound at the estimated radius)",
     )
     warm_at_cap: bool = setting(
         True,
