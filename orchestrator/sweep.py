@@ -176,7 +176,7 @@ def claim(cfg: SweepConfig) -> DriverLock:
 
 # --- one Ray Tune experiment per method ---------------------------------------------------
 def space_context(cfg: SweepConfig) -> SpaceContext:
-    return SpaceContext(max_epochs=cfg.epochs, ref_eps=float(cfg.spec.max_eps))
+    return SpaceContext(max_epochs=cfg.epochs, ref_eps=float(cfg.spec.max_eps), protocol=cfg.protocol)
 
 
 def optuna_storage(cfg: SweepConfig) -> str | None:

@@ -24,6 +24,9 @@ class SuggestTrial(Protocol):
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
 
+# A knob searched through its complement 1 - knob (on a log scale, dense near knob = 1) is
+# suggested under this prefix: ``one_minus_kappa``.
+COMPLEMENT = "one_minus_"
 # How the spaces trace the accuracy-robustness trade-off (--protocol). tuned: every method
 # searches its training radius cap (1/8 to 2x the data set's radius) and kappa; paper: the cap
 # is the data set's radius for every method and kappa is searched, as the ACERT authors trace
@@ -63,15 +66,19 @@ get_space = SPACES.get
 
 class _Fixing:
     """A trial whose suggestions for the fixed names return the fixed value (Optuna never sees
-    those names, so TPE models only what is searched)."""
+    those names, so TPE models only what is searched). A knob searched through its complement
+    (``one_minus_kappa``, see ``search_spaces.common``) is fixed by fixing the knob (``kappa``)."""
 
     def __init__(self, trial: SuggestTrial, fixed: Mapping[str, Any]) -> None:
         self._trial, self._fixed = trial, fixed
 
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
-        return (
-            self._fixed[name] if name in self._fixed else self._trial.suggest_float(name, low, high, log=log)
-        )
+        if name in self._fixed:
+            return self._fixed[name]
+        knob = name.removeprefix(COMPLEMENT)
+        if knob != name and knob in self._fixed:
+            return 1.0 - self._fixed[knob]
+        return self._trial.suggest_float(name, low, high, log=log)
 
     def suggest_int(self, name: str, low: int, high: int) -> int:
         return self._fixed[name] if name in self._fixed else self._trial.suggest_int(name, low, high)

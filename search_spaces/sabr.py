@@ -1,6 +1,7 @@
 """SABR's search space (Mueller et al., ICLR 2023): the small box's relative size lambda, plus
-the knobs of the other fixed-radius methods (training radius, kappa, regulariser, schedule and
-optimiser, ``search_spaces.baselines.fixed_radius``), so the frontiers stay comparable.
+the knobs of the other fixed-radius methods (training radius cap and kappa as every method
+searches them, regulariser, schedule and optimiser, ``search_spaces.baselines.fixed_radius``),
+so the frontiers stay comparable.
 
 lambda is searched log-uniformly over [0.01, 1]: around the settings in use (the public CTBench
 scripts train SABR with 0.1 on CIFAR-10 2/255 and 0.4 on TinyImageNet 1/255) and down to boxes
