@@ -152,6 +152,14 @@ class SweepConfig:
         metavar="METHOD",
         known=lambda: _names("trainers.bounds", "BOUND_METHODS"),
     )
+    confirm_seeds: int = setting(
+        0,
+        "confirm stage: retrain each target's best candidate this many times with fresh seeds (initialisation "
+        "and data order; the validation split stays) and report means with 95-percent intervals; 0: off",
+    )
+    confirm_candidates: int = setting(
+        3, "confirm stage: candidates tried per target when a retrained mean falls below the target"
+    )
     optuna_storage: str = setting(
         "",
         "Optuna RDB URL for the per-target studies, e.g. postgresql://user@host/db on a cluster (SQLite on "
@@ -241,6 +249,8 @@ class SweepConfig:
             "--grace-epochs": (self.grace_epochs, 1),
             "--synthetic-size": (self.synthetic_size, 16),
             "--val-acr-samples": (self.val_acr_samples, 1),
+            "--confirm-seeds": (self.confirm_seeds, 0),
+            "--confirm-candidates": (self.confirm_candidates, 1),
         }
         for flag, (value, low) in ints.items():
             if not isinstance(value, int) or value < low:

@@ -86,6 +86,9 @@ class TrainConfig:
         2048, "training samples of the generated `synthetic` and `synthetic-tradeoff` data sets"
     )
     seed: int = setting(0, "seed of the initialisation, shuffling and the validation split")
+    train_seed: int | None = setting(
+        None, "seed of the initialisation and shuffling only (default: seed); the split keeps seed"
+    )
     device: str = setting("auto", "auto (CUDA if available), cpu or cuda")
     threads: int | None = setting(None, "torch CPU threads; default: torch's choice")
     # The method's own settings (a frozen dataclass registered with the method); None: its defaults.
@@ -149,6 +152,12 @@ class TrainConfig:
         from trainers.data import get_dataset
 
         return get_dataset(self.dataset)
+
+    @property
+    def init_seed(self) -> int:
+        """Seed of the initialisation and the data order: ``train_seed``, else ``seed``. The
+        confirm stage retrains a configuration with fresh ones on the sweep's validation split."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     @property
     def train_max_eps(self) -> float:

@@ -182,7 +182,7 @@ def run_training(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     splits = splits if splits is not None else cfg.load_splits()
     model = build(cfg, splits, device)
     steps_per_epoch = math.ceil(splits.x_train.shape[0] / cfg.batch_size)
@@ -263,7 +263,7 @@ def train_epoch(
 ):
     t0 = time.perf_counter()
     model.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # epoch-seeded: resumable
+    gen = torch.Generator().manual_seed(cfg.init_seed * 100_003 + epoch)  # epoch-seeded: resumable
     n, loss_sum, correct, radius_sum, eps_max = 0, 0.0, 0, 0.0, 0.0
     batches = iterate_batches(
         splits.x_train,

@@ -1,0 +1,47 @@
+"""IBP with a stand-in for luck, registered from outside ``trainers/`` (``--plugins
+tests.lucky_method``): a configuration with ``lucky=True`` trains normally under the sweep's
+own seed (``train_seed`` unset, as in the search) but learns a wrong labelling under any fresh
+seed (``train_seed`` set, as in the confirm stage), so its validation accuracy collapses when
+it is retrained. The confirm stage's tests use it to make a search winner fail confirmation
+deterministically, whatever the machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search_spaces import SpaceContext, SuggestTrial, register_space
+from trainers.methods import register_method
+from trainers.methods.certified import CertifiedTraining
+from trainers.radius import FixedRadius
+from trainers.settings import setting
+
+NAME = "lucky-ibp"
+
+
+@dataclass(frozen=True)
+class LuckyParams:
+    lucky: bool = setting(False, "lucky-ibp: learn a wrong labelling when retrained with a fresh seed")
+
+
+class UnluckyTraining(CertifiedTraining):
+    def step(self, model, x, y, step, idx=None):
+        return super().step(model, x, (y + 1) % self.cfg.spec.num_classes, step, idx)
+
+
+@register_method(NAME, LuckyParams)
+def build(cfg, steps_per_epoch: int) -> CertifiedTraining:
+    unlucky = cfg.params.lucky and cfg.train_seed is not None
+    return (UnluckyTraining if unlucky else CertifiedTraining)(cfg, steps_per_epoch, radius=FixedRadius())
+
+
+@register_space(NAME)
+def lucky_space(trial: SuggestTrial, ctx: SpaceContext) -> dict:
+    return {
+        "method": NAME,
+        "epochs": ctx.max_epochs,
+        "std_epochs": 1,
+        "ramp_epochs": 1,
+        "lr": 1e-2,
+        "batch_size": 64,
+        "lucky": trial.suggest_categorical("lucky", [False, True]),
+    }
