@@ -7,6 +7,7 @@ deterministically, whatever the machine."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
@@ -30,6 +31,10 @@ class UnluckyTraining(CertifiedTraining):
 
 @register_method(NAME, LuckyParams)
 def build(cfg, steps_per_epoch: int) -> CertifiedTraining:
+    log = os.environ.get("LUCKY_BUILD_LOG")  # one line per training run: tests count the runs
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{cfg.params.lucky} {cfg.train_seed}\n")
     unlucky = cfg.params.lucky and cfg.train_seed is not None
     return (UnluckyTraining if unlucky else CertifiedTraining)(cfg, steps_per_epoch, radius=FixedRadius())
 

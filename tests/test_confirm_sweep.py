@@ -1,0 +1,88 @@
+"""The confirm stage with Ray Tune (local Ray, 2 CPUs) and a stand-in objective: a search
+winner that only its own seed favours (tests/lucky_method.py) is retrained K times, found below
+its target, flagged "not confirmed", and the next candidate is retrained and confirmed; the
+retrains are recorded in MLflow and a resumed stage trains nothing again."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import tests.lucky_method  # noqa: F401  (registers lucky-ibp)
+from orchestrator.config import SweepConfig
+from orchestrator.confirm import CONFIRMED, NOT_CONFIRMED, ROLE, run_confirm
+from orchestrator.pareto import TrialPoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    import ray
+
+    log = tmp_path_factory.mktemp("builds") / "builds.txt"
+    os.environ["LUCKY_BUILD_LOG"] = str(log)  # before ray.init: the workers inherit it
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield log
+    ray.shutdown()
+    os.environ.pop("LUCKY_BUILD_LOG", None)
+
+
+def candidate(trial_id, val_acr, lucky):
+    config = {"method": "lucky-ibp", "epochs": 2, "std_epochs": 1, "ramp_epochs": 1, "lr": 1e-2,
+              "batch_size": 64, "lucky": lucky, "target": 0.7}  # fmt: skip
+    return TrialPoint(trial_id, 1.0, val_acr, "lucky-ibp", config)
+
+
+def make_tracker(cfg):
+    from orchestrator.sweep import make_tracker
+
+    tracker = make_tracker(cfg)
+    tracker.start(params={})
+    return tracker
+
+
+def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session, tmp_path):
+    cfg = SweepConfig(
+        dataset="synthetic", accs=(0.7,), methods=("lucky-ibp",), plugins=("tests.lucky_method",),
+        trials=2, epochs=2, name="confirm", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
+        test_samples=64, threads=1, scheduler="none", max_failures=0, confirm_seeds=2, confirm_candidates=2,
+    )  # fmt: skip
+    # the lucky config wins the search (larger validation ACR), the steady one is second
+    pools = {"lucky-ibp": [candidate("steady", 0.05, False), candidate("lucky", 0.09, True)]}
+    tracker = make_tracker(cfg)
+    (tc,) = run_confirm(cfg, pools, tracker)
+    lucky, steady = tc.attempts
+    assert (lucky.trial_id, lucky.status, steady.trial_id, steady.status) == (
+        "lucky",
+        NOT_CONFIRMED,
+        "steady",
+        CONFIRMED,
+    )
+    assert lucky.mean_val_acc < 0.7 <= steady.mean_val_acc
+    assert "< target 0.7" in lucky.reason
+    builds = sorted(ray_session.read_text().splitlines())
+    assert builds == ["False 1", "False 2", "True 1", "True 2"]  # K = 2 fresh seeds per candidate
+
+    tracker.flush()
+    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`sweep.role` = '{ROLE}'")
+    assert len(runs) == 4
+    by_of = {(r.data.tags["confirm.of"], r.data.tags["confirm.seed"]): r for r in runs}
+    assert set(by_of) == {("lucky", "1"), ("lucky", "2"), ("steady", "1"), ("steady", "2")}
+    parent = tracker.parent_run_id()
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in runs)
+    for seed in ("1", "2"):  # the confirmed candidate's retrains are certified on the test set
+        m = by_of[("steady", seed)].data.metrics
+        assert m["val_acc"] >= 0.7 and 0 <= m["test_acc"] <= 1 and m["test_acr"] >= 0
+        assert "test_acc" not in by_of[("lucky", seed)].data.metrics
+    assert by_of[("lucky", "1")].data.tags["confirm.verdicts"] == "0.7:not confirmed"
+
+    # resumed: both rounds are restored from their Tune experiments, nothing is trained again
+    (again,) = run_confirm(cfg, pools, tracker)
+    assert [(a.trial_id, a.status) for a in again.attempts] == [
+        ("lucky", NOT_CONFIRMED),
+        ("steady", CONFIRMED),
+    ]
+    assert sorted(ray_session.read_text().splitlines()) == builds
