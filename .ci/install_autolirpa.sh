@@ -5,7 +5,7 @@
 # PyPI has only auto_LiRPA 0.3, whose metadata pins torch<1.13 / torchvision<0.14: it is
 # installed with --no-deps, then its run-time dependencies by hand (pytest/pylint/ninja from
 # its metadata are not needed at run time). tests/lirpa/compat.py makes it import
-# and run under torch 2.x / numpy 2 (STACK.md, "auto_LiRPA").
+# and run under torch 2.x / numpy 2 (its docstring lists the replacements).
 #
 # Usage: PIP=/path/to/venv/bin/pip PYTHON=/path/to/venv/bin/python .ci/install_autolirpa.sh
 # (defaults: .venv/bin/pip and .venv/bin/python of the repository root).

@@ -1,4 +1,4 @@
-"""Every preset under configs/ is a valid sweep at the published scale (PAPER.md)."""
+"""Every preset under configs/ is a valid sweep at the published scale (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(CONFIGS.glob("*"))
 PER_RUN = {"name", "storage", "tracking_uri", "resume", "address", "optuna_storage"}  # where, not what
-# PAPER.md, published settings: epochs per data set; CNN7 with BatchNorm everywhere.
+# docs/method.md, published settings: epochs per data set; CNN7 with BatchNorm everywhere.
 PUBLISHED_EPOCHS = {"mnist": 100, "cifar10": 200, "tinyimagenet": 200}
-# PAPER.md: batch size, peak learning rate, standard epochs then ramp length; TinyImageNet's L1
+# docs/method.md: batch size, peak learning rate, standard epochs then ramp length; TinyImageNet's L1
 # weight decay and regulariser weight (the authors' configs). Fixed in every trial (--fixed).
 PUBLISHED_TRIAL_SETTINGS = {
     "mnist": {"batch_size": 128, "lr": 1e-3, "std_epochs": 1, "ramp_epochs": 20},

@@ -262,7 +262,7 @@ def test_cli_bad_input_exits_2_and_runs(tmp_path, capsys):
 
 
 def test_one_cycle_schedule_is_the_papers():
-    """Linear, three phases (PAPER.md; the authors' configs): lr/25 -> lr over the first 30 % of
+    """Linear, three phases (the authors' configs; docs/method.md): lr/25 -> lr over the first 30 % of
     the steps, back to lr/25 by 60 %, then to lr/25/100 at the end."""
     lr = 2e-3
     net = torch.nn.Linear(2, 2)

@@ -19,7 +19,7 @@ searches (``bench.certify``).
 A certified radius is the largest eps in [0, eps_cap] at which the margin lower bound was
 checked to be positive (``trainers.rootfind``); misclassified samples get 0. ACR is the mean
 over all samples of min(radius, max_eps), as in the published evaluation, which searches radii
-only up to the data set's max_eps (PAPER.md); ``acr_uncapped`` is the mean of the radii as
+only up to the data set's max_eps (docs/method.md); ``acr_uncapped`` is the mean of the radii as
 certified. A sample counts as certified only if its bound exceeds a small float32 safety
 margin (``SAFETY_REL`` times its logit scale), so that rounding in the bound computation
 cannot turn into a wrong certificate.
@@ -160,7 +160,7 @@ def summarize(
 ) -> dict:
     """clean_acc, acr, acr_norm, acr_uncapped and cert_acc (misclassified samples count as 0).
 
-    ``acr`` is the mean of min(radius, max_eps) (PAPER.md: the published evaluation searches
+    ``acr`` is the mean of min(radius, max_eps) (docs/method.md: the published evaluation searches
     radii only up to max_eps, so radii above it do not count), ``acr_norm`` that in % of
     max_eps (at most 100), ``acr_uncapped`` the mean of the radii as certified. Capping is
     sound: a box of radius max_eps lies inside the checked box of any larger radius. Without

@@ -52,7 +52,7 @@ class TrainConfig:
     # Radius growth (every certified method): `std_epochs` of standard training, then eps_max(t)
     # ramps to `max_eps` over `ramp_epochs` (Shi et al. 2021: a smooth polynomial start, then linear).
     max_eps: float | None = setting(
-        None, "training radius cap (pixel units); default: the data set's (PAPER.md)"
+        None, "training radius cap (pixel units); default: the data set's (docs/method.md)"
     )
     std_epochs: int = setting(1, "epochs of standard training before the radius ramp")
     ramp_epochs: int = setting(5, "epochs of the eps_max(t) ramp up to max_eps")

@@ -20,7 +20,7 @@ END_REASON = "end_reason"
 ENDED = (DIVERGED, TIMED_OUT)
 
 ACC = "acc"  # clean accuracy
-# ACR as published (PAPER.md, the authors' evaluation): each radius counted up to the data set's
+# ACR as published (the ACERT authors' evaluation, docs/method.md): each radius counted up to the data set's
 # max_eps, mean(min(r_i, max_eps)), 0 for misclassified samples. Sound: a certificate at r holds
 # for every smaller box, which is nested in the checked one. Selection and the frontier use it.
 ACR = "acr"

@@ -64,7 +64,7 @@ def build(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Sequenti
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
-    """Adam and the one-cycle schedule of the paper's code (PAPER.md; the authors' configs):
+    """Adam and the one-cycle schedule of the paper's code (the authors' configs; docs/method.md):
     linear, in three phases, from cfg.lr / 25 up to cfg.lr over the first 30 % of the steps, back
     to cfg.lr / 25 over the next 30 %, then down to cfg.lr / 25 / 100 (PyTorch divides the
     *initial* lr by ``final_div_factor``). Adam's beta1 cycles between 0.95 and 0.85, inversely,

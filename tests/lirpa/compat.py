@@ -1,5 +1,6 @@
 """Compatibility replacements that let auto_LiRPA 0.3 (the only PyPI release, 2022) import and
-run under torch 2.x / numpy 2 (STACK.md, "auto_LiRPA").
+run under torch 2.x / numpy 2 (checked with torch 2.14 and numpy 2; the replacements are listed
+below).
 
 Nothing here runs at import of the project: :func:`apply` is called by
 ``trainers.bounds.autolirpa`` right before ``import auto_LiRPA``, i.e. only when the

@@ -8,7 +8,8 @@ normalisation.
 IBP is computed in centre/radius form (Gowal et al. 2018): an affine layer maps the centre
 with W and the radius with |W|, which costs two matrix products instead of the four of the
 lower/upper form. The margin specification ``z_y - z_j`` is folded into the last linear
-layer (W' = C W, b' = C b), which is tighter than bounding the logits first (STACK.md).
+layer (W' = C W, b' = C b), which is tighter than bounding the logits first (the elision of
+the last layer, Gowal et al. 2018; checked against auto_LiRPA in tests/test_autolirpa.py).
 
 BatchNorm in train mode uses the statistics of the *clean* batch for the bound pass too
 (the convention of Shi et al. 2021 and auto_LiRPA): ``clean_pass`` computes them once and

@@ -6,8 +6,8 @@ when a sweep runs hundreds of short trials. Inputs stay in [0, 1] (uint8 / 255);
 normalisation is the first layer of the model (:class:`trainers.models.Normalize`), so every
 perturbation radius in this project is in pixel units, as in the paper's tables.
 
-Model selection uses a validation split carved from the *training* set (PAPER.md: "ours uses a
-validation split"), never from the test set.
+Model selection uses a validation split carved from the *training* set, never from the test set
+(the published models were selected on the test split; docs/method.md, "Evaluation").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The data sets of this project, one record each (see :class:`trainers.data.spec.DatasetSpec`).
 
-Training caps ``max_eps`` and the evaluation radii are the paper's (PAPER.md); ``eps_cap`` is
+Training caps ``max_eps`` and the evaluation radii are the paper's (docs/method.md); ``eps_cap`` is
 the largest radius certification searches, fixed per data set so that ACR is comparable across
 trials whatever radius each trial trained with.
 """
@@ -24,7 +24,7 @@ register_dataset(
         (0.1307,),
         (0.3081,),
         loader=mnist_like("MNIST", "mnist"),
-        default_model="cnn7",  # CNN7 with BatchNorm, as published (Shi et al. 2021; PAPER.md)
+        default_model="cnn7",  # CNN7 with BatchNorm, as published (Shi et al. 2021; docs/method.md)
         max_eps=0.4,
         eps_cap=0.5,
         cert_eps=(0.1, 0.3),

@@ -42,7 +42,7 @@ class DatasetSpec:
     default_model: str
     max_eps: float  # the paper's training cap and the normaliser of ACR (ACR / max_eps)
     eps_cap: float  # the largest radius certification searches (fixed per data set)
-    cert_eps: tuple[float, ...]  # standard radii of certified accuracy (PAPER.md)
+    cert_eps: tuple[float, ...]  # standard radii of certified accuracy (docs/method.md)
     augment: bool = False  # random crop + flip during training (Shi et al. 2021)
 
     def __post_init__(self) -> None:
