@@ -82,4 +82,6 @@ def test_every_method_of_a_preset_makes_valid_trials(path, tmp_path):
             for key, value in PUBLISHED_TRIAL_SETTINGS[cfg.dataset].items():
                 assert train.to_dict()[key] == value, (method, key)
             assert train.dataset == cfg.dataset
+            if method == "acert":  # the paper's per-batch root solve, pinned by the preset
+                assert train.params.radius_solver == "exact"
             study.tell(trial, 0.0)
