@@ -31,6 +31,12 @@ ROLE = "confirm"
 CONFIRMED, NOT_CONFIRMED = "confirmed", "not confirmed"
 
 
+def candidate_pools(results: dict[str, Any]) -> dict[str, list[TrialPoint]]:
+    """method -> the trials that may win a target: those with a checkpoint, as in
+    ``evaluation.publish_frontier`` (``results``: method -> ``evaluation.MethodResults``)."""
+    return {m: [p for p in r.points if p.trial_id in r.checkpoints] for m, r in results.items()}
+
+
 def ranked_candidates(points: list[TrialPoint], target: float, limit: int | None = None) -> list[TrialPoint]:
     """The trials that could win ``target``, in winner order: the winner first (the rule of
     ``pareto.select_winner``), then the winner of the rest, and so on, ``limit`` at most."""
@@ -94,6 +100,7 @@ class TargetConfirmation:
     target: float
     candidates: list[TrialPoint]
     attempts: list[Attempt] = field(default_factory=list)
+    retrains: dict[str, Retrain] = field(default_factory=dict, repr=False)  # the stage's, shared
 
     @property
     def confirmed(self) -> Attempt | None:
@@ -158,6 +165,8 @@ def run_confirm(
 
     targets = plan(cfg, pools)
     retrains: dict[str, Retrain] = {}
+    for tc in targets:
+        tc.retrains = retrains
     rnd = 0
     while any(tc.open for tc in targets):
         rnd += 1

@@ -1,0 +1,140 @@
+"""The confirm stage in the frontier: per method and target, the confirmed candidate's mean and
+95 % interval over its retrains (``mean.<figure>`` and ``ci95.<figure>``, the interval's
+half-width, None with one seed; prefixes, so that ``cert_acc@<eps>`` keys keep their form) of validation and test figures, and the cross-method ratio of test ACR.
+
+Ratio at a target: the method's mean test ACR over that of the best other method whose mean
+test accuracy is at least the method's (the strongest competitor that gives up no accuracy), with
+the delta-method interval of ``orchestrator.intervals.ratio_interval``; none when no other
+method qualifies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from orchestrator.confirm import NOT_CONFIRMED, Retrain, TargetConfirmation
+from orchestrator.intervals import mean_interval, ratio_interval
+from trainers import metrics as M
+
+# per-seed figures that are bookkeeping, not results
+_NOT_FIGURES = ("test_n", M.EPOCH)
+STATUS = "confirm_status"
+RATIO, RATIO_CI, RATIO_VS = "acr_ratio", "acr_ratio_ci", "acr_ratio_vs"
+
+
+def mean_key(figure: str) -> str:
+    return f"mean.{figure}"
+
+
+def ci_key(figure: str) -> str:
+    return f"ci95.{figure}"
+
+
+def seed_figures(retrains: list[Retrain]) -> dict[str, list[float]]:
+    """figure -> its value per retrain (validation figures, then the test figures)."""
+    out: dict[str, list[float]] = {
+        M.VAL_ACC: [r.val_acc for r in retrains],
+        M.VAL_ACR: [r.val_acr for r in retrains],
+    }
+    for r in retrains:
+        for k, v in r.test.items():
+            if k not in _NOT_FIGURES:
+                out.setdefault(k, []).append(float(v))
+    return out
+
+
+def confirm_fields(tc: TargetConfirmation) -> dict[str, Any]:
+    """The frontier fields of one (method, target)."""
+    retrains = tc.retrains
+    tried = "; ".join(f"{a.trial_id}: {a.status}{f' ({a.reason})' if a.reason else ''}" for a in tc.attempts)
+    a = tc.confirmed
+    if a is None:
+        status = NOT_CONFIRMED if tc.attempts else "no candidate"
+        return {STATUS: status, "confirm_tried": tried}
+    out: dict[str, Any] = {
+        STATUS: "confirmed",
+        "confirm_trial_id": a.trial_id,
+        "confirm_rank": a.rank,
+        "confirm_seeds": [retrains[k].seed for k in a.keys],
+        "confirm_tried": tried,
+    }
+    for figure, values in seed_figures([retrains[k] for k in a.keys]).items():
+        iv = mean_interval(values)
+        if iv is not None:
+            out[mean_key(figure)] = iv.mean
+            out[ci_key(figure)] = iv.half
+    return out
+
+
+def ratio_fields(
+    method: str, target: float, samples: dict[tuple[str, float], tuple[list[float], list[float]]]
+) -> dict[str, Any]:
+    """``samples``: (method, target) -> (test accuracies, test ACRs) of its confirmed retrains."""
+    own = samples.get((method, target))
+    if own is None:
+        return {}
+    own_acc = sum(own[0]) / len(own[0])
+    rivals = [
+        (sum(acr) / len(acr), m)
+        for (m, t), (acc, acr) in samples.items()
+        if t == target and m != method and sum(acc) / len(acc) >= own_acc
+    ]
+    if not rivals:
+        return {}
+    _, best = max(rivals)
+    iv = ratio_interval(own[1], samples[(best, target)][1])
+    if iv is None:
+        return {}
+    return {RATIO: iv.mean, RATIO_CI: iv.half, RATIO_VS: best}
+
+
+def extend_rows(rows: list[dict[str, Any]], targets: list[TargetConfirmation]) -> list[dict[str, Any]]:
+    """The frontier rows with the confirm stage's fields (rows of a method or target the stage
+    did not see are left as they are)."""
+    by_key = {(tc.method, tc.target): tc for tc in targets}
+    samples = {}
+    for tc in targets:
+        a, retrains = tc.confirmed, tc.retrains
+        if a is not None:
+            acc = [retrains[k].test.get(M.TEST_ACC, math.nan) for k in a.keys]
+            acr = [retrains[k].test.get(M.TEST_ACR, math.nan) for k in a.keys]
+            if all(math.isfinite(v) for v in acc + acr):
+                samples[(tc.method, tc.target)] = (acc, acr)
+    out = []
+    for row in rows:
+        key = (row["method"], float(row["target"]))
+        tc = by_key.get(key)
+        extra = {} if tc is None else {**confirm_fields(tc), **ratio_fields(*key, samples)}
+        out.append({**row, **extra})
+    return out
+
+
+def format_confirmed(rows: list[dict[str, Any]]) -> str:
+    """The confirmed frontier as a Markdown table: mean ± half-width per figure (test accuracy,
+    ACR, certified accuracies), the candidate, and the ACR ratio to the best other method."""
+    if not any(STATUS in r for r in rows):
+        return ""
+    certs = sorted(
+        {k.removeprefix("mean.") for r in rows for k in r if k.startswith("mean.") and M.is_cert_acc(k[5:])},
+        key=M.cert_eps_of,
+    )
+    figures = [M.VAL_ACC, M.TEST_ACC, M.TEST_ACR, *certs]
+    head = ["method", "target", "confirmed", "seeds", *figures, "ACR ratio (vs)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if STATUS not in r:
+            continue
+        cells = [r["method"], f"{float(r['target']):g}", r[STATUS]]
+        cells.append(str(len(r.get("confirm_seeds", []))))
+        cells += [_pm(r.get(mean_key(f)), r.get(ci_key(f))) for f in figures]
+        ratio = _pm(r.get(RATIO), r.get(RATIO_CI), 2)
+        cells.append(f"{ratio} ({r[RATIO_VS]})" if RATIO in r else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean: Any, half: Any, digits: int = 4) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
