@@ -18,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import TARGET, TRIAL_META_KEYS
+from orchestrator.confirm_report import RATIO, RATIO_CI, RATIO_VS, ci_key, mean_key
+from orchestrator.confirm_report import STATUS as CONFIRM_STATUS
 from orchestrator.pareto import TrialPoint, pareto_front
 from trainers import metrics as M
 
 COLORS = {"acert": "#d62728", "ibp": "#1f77b4", "crown-ibp": "#2ca02c"}
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 ACC_TITLE, ACR_TITLE = "clean accuracy", "ACR (l_inf, pixel units)"
+MEAN_ACC, MEAN_ACR = mean_key(M.TEST_ACC), mean_key(M.TEST_ACR)  # the confirm stage's fields
+CI_ACC, CI_ACR = ci_key(M.TEST_ACC), ci_key(M.TEST_ACR)
+# the HTML table's confirm columns: header -> figure
+CONFIRMED_COLS = {
+    "test_acc (confirmed, mean ± 95 % CI)": M.TEST_ACC,
+    "test_acr (confirmed, mean ± 95 % CI)": M.TEST_ACR,
+    "ACR ratio to the best rival": RATIO,
+}
 PLOT_ID = "frontier-plot"  # the HTML element plotly draws into
 # Not tuned: the searcher's bookkeeping, the method (the trace says it), and the settings every
 # trial of a sweep shares (configs of sweeps from before SweepConfig.trial carried them).
@@ -81,6 +91,22 @@ def winners(panel: Panel, method: str) -> list[tuple[list[float], dict[str, Any]
     return list(won.values())
 
 
+def confirmed(panel: Panel, method: str) -> list[tuple[list[float], dict[str, Any]]]:
+    """The method's rows confirmed over seeds (``--confirm-seeds``), one entry per confirmed
+    candidate with the targets it holds: drawn at their mean test figures with 95 % error bars."""
+    held: dict[str, tuple[list[float], dict[str, Any]]] = {}
+    for r in panel.rows:
+        if r["method"] == method and r.get(CONFIRM_STATUS) == "confirmed" and MEAN_ACC in r:
+            held.setdefault(str(r["confirm_trial_id"]), ([], r))[0].append(float(r["target"]))
+    return list(held.values())
+
+
+def _half(row: dict[str, Any], key: str) -> float:
+    """An interval's half-width for an error bar: 0 without one (a single seed)."""
+    v = row.get(key)
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else 0.0
+
+
 def tuned_config(config: dict[str, Any]) -> dict[str, Any]:
     """The tuned hyperparameters of a trial config (Ray's dict or MLflow's string params)."""
     return {k: v for k, v in sorted(config.items()) if k not in _NOT_TUNED}
@@ -121,6 +147,21 @@ def write_png(panels: list[Panel], path: Path) -> None:
                 zorder=5,
                 label=f"{method}: winners (test)",
             )
+            held = [r for _, r in confirmed(panel, method)]
+            if held:
+                ax.errorbar(
+                    [r[MEAN_ACC] for r in held],
+                    [r[MEAN_ACR] for r in held],
+                    xerr=[_half(r, CI_ACC) for r in held],
+                    yerr=[_half(r, CI_ACR) for r in held],
+                    fmt="D",
+                    ms=6,
+                    color=c,
+                    mec="black",
+                    capsize=3,
+                    zorder=6,
+                    label=f"{method}: confirmed mean (test, 95 % CI)",
+                )
         for t in panel.targets:
             ax.axvline(t, ls="--", color="grey", lw=0.8)
             ax.text(t, 1.0, f" {t:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
@@ -197,8 +238,10 @@ def _method_traces(go: Any, panel: Panel, method: str, c: str, legend: bool) -> 
     usable = [p for p in pts if p.usable]
     front = front_line(pts)
     won = winners(panel, method)
+    held = confirmed(panel, method)
     hover = dict(hovertemplate="%{text}<extra></extra>", legendgroup=method)
-    return [
+    bars = dict(type="data", color=c, thickness=1.5, width=4)
+    traces = [
         go.Scatter(
             x=[p.val_acc for p in usable],
             y=[p.val_acr for p in usable],
@@ -230,6 +273,43 @@ def _method_traces(go: Any, panel: Panel, method: str, c: str, legend: bool) -> 
             **hover,
         ),
     ]
+    if not held:  # no confirm stage (or nothing confirmed): no trace for it
+        return traces
+    return [
+        *traces,
+        go.Scatter(
+            x=[row[MEAN_ACC] for _, row in held],
+            y=[row[MEAN_ACR] for _, row in held],
+            error_x=dict(array=[_half(row, CI_ACC) for _, row in held], **bars),
+            error_y=dict(array=[_half(row, CI_ACR) for _, row in held], **bars),
+            mode="markers",
+            marker=dict(color=c, size=11, symbol="diamond", line=dict(color="black", width=1)),
+            name=f"{method} confirmed (test mean, 95 % CI)",
+            text=[_confirmed_hover(method, targets, row) for targets, row in held],
+            showlegend=False,
+            **hover,
+        ),
+    ]
+
+
+def _confirmed_hover(method: str, targets: list[float], row: dict[str, Any]) -> str:
+    def pm(figure: str) -> str:
+        half = row.get(ci_key(figure))
+        return f"{row[mean_key(figure)]:.4f}" + ("" if half is None else f" ± {half:.4f}")
+
+    seeds = len(row.get("confirm_seeds") or [])
+    lines = [
+        f"<b>{html.escape(method)}</b> confirmed for target {', '.join(f'{t:g}' for t in targets)}",
+        f"trial {html.escape(str(row['confirm_trial_id']))} (candidate {row.get('confirm_rank')}), {seeds} seeds",
+        f"test acc {pm(M.TEST_ACC)}   test ACR {pm(M.TEST_ACR)}",
+    ]
+    if row.get(RATIO) is not None:
+        half = row.get(RATIO_CI)
+        lines.append(
+            f"ACR / {html.escape(str(row[RATIO_VS]))}'s: {row[RATIO]:.3f}"
+            + ("" if half is None else f" ± {half:.3f}")
+        )
+    return "<br>".join(lines)
 
 
 def frontier_figure(panels: list[Panel]) -> Any:
@@ -261,7 +341,8 @@ def frontier_figure(panels: list[Panel]) -> Any:
     fig.update_layout(
         title=dict(  # the key as a second line: layout.title.subtitle needs plotly >= 5.23
             text="Clean accuracy vs ACR<br><sup>dots: trials (validation) · lines: Pareto fronts "
-            "(validation) · stars: each target's winner (test) · dashed: targets</sup>"
+            "(validation) · stars: each target's winner (test) · diamonds: confirmed over seeds (test "
+            "mean, 95 % CI) · dashed: targets</sup>"
         ),
         template="plotly_white",
         height=540,
@@ -293,12 +374,19 @@ def write_html(panels: list[Panel], path: Path) -> None:
         *certs,
         "trial_id",
     ]
+    if any(CONFIRM_STATUS in r for r in rows):
+        cols += [CONFIRM_STATUS, *CONFIRMED_COLS]
     table = (
         "<tr>"
         + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         + "</tr>"
         + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(_confirmed_cell(r, c) if c in CONFIRMED_COLS else _cell(r.get(c, '')))}</td>"
+                for c in cols
+            )
+            + "</tr>"
             for r in rows
         )
     )
@@ -310,3 +398,14 @@ def write_html(panels: list[Panel], path: Path) -> None:
 
 def _cell(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _confirmed_cell(row: dict[str, Any], col: str) -> str:
+    """``mean ± half-width`` of a confirmed figure (the confirm stage's columns)."""
+    figure = CONFIRMED_COLS[col]
+    mean_k, ci_k = (RATIO, RATIO_CI) if figure == RATIO else (mean_key(figure), ci_key(figure))
+    if row.get(mean_k) is None:
+        return ""
+    half = row.get(ci_k)
+    text = f"{row[mean_k]:.4f}" + ("" if half is None else f" ± {half:.4f}")
+    return f"{text} vs {row[RATIO_VS]}" if figure == RATIO else text

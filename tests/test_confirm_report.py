@@ -69,3 +69,32 @@ def test_one_seed_has_means_without_intervals():
     (row,) = extend_rows([{"method": "ibp", "target": 0.7}], [confirmed("ibp", 0.7, [0.75], [0.1])])
     assert row["mean.test_acc"] == 0.75 and row["ci95.test_acc"] is None
     assert "| ibp | 0.7 | confirmed | 1 | 0.7600 | 0.7500 | 0.1000 |" in format_confirmed([row])
+
+
+def test_frontier_pictures_draw_confirmed_means_with_error_bars(tmp_path):
+    from orchestrator.plots import Panel, frontier_figure, write_html, write_png
+
+    a = confirmed("acert", 0.8, [0.82, 0.84, 0.83], [0.12, 0.13, 0.11])
+    b = confirmed("ibp", 0.8, [0.85, 0.86, 0.84], [0.10, 0.09, 0.11])
+    won = {
+        "status": "ok",
+        "trial_id": "t0",
+        "val_acc": 0.9,
+        "val_acr": 0.2,
+        "test_acc": 0.88,
+        "test_acr": 0.15,
+    }
+    rows = extend_rows([{"method": m, "target": 0.8, **won} for m in ("acert", "ibp")], [a, b])
+    panel = Panel("synthetic", {"acert": [], "ibp": []}, rows, (0.8,))
+    bars = [t for t in frontier_figure([panel]).data if t.error_y is not None and t.error_y.array is not None]
+    assert len(bars) == 2
+    acert = next(t for t in bars if t.name.startswith("acert"))
+    assert acert.x == pytest.approx((0.83,)) and acert.y == pytest.approx((0.12,))
+    assert acert.error_y.array == pytest.approx((mean_interval([0.12, 0.13, 0.11]).half,))
+    assert acert.error_x.array == pytest.approx((mean_interval([0.82, 0.84, 0.83]).half,))
+    assert "ACR / ibp's: 1.200 ± " in acert.text[0]
+    write_html([panel], tmp_path / "f.html")
+    text = (tmp_path / "f.html").read_text()
+    assert f"0.1200 ± {mean_interval([0.12, 0.13, 0.11]).half:.4f}" in text and "vs ibp" in text
+    write_png([panel], tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
