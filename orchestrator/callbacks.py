@@ -38,11 +38,24 @@ def ended_as(result: dict[str, Any] | None) -> str | None:
     return next((k for k in M.ENDED if (result or {}).get(k)), None)
 
 
-def trial_point(trial: Any, method: str) -> TrialPoint:
+def trial_point(trial: Any, method: str, epochs: int | None = None) -> TrialPoint:
+    """The trial's last result as a point, with its epoch and its budget (its config's
+    ``epochs``, else ``epochs``): a trial stopped early is not a live winner either."""
     m = measured(trial.last_result, M.VAL_ACR)
     acc, acr = m if m else (math.nan, math.nan)
     failed = trial.status == "ERROR" or ended_as(trial.last_result) is not None
-    return TrialPoint(trial.trial_id, acc, acr, method, dict(trial.config), failed=failed)
+    config = dict(trial.config)
+    epoch, budget = (trial.last_result or {}).get(M.EPOCH), config.get("epochs", epochs)
+    return TrialPoint(
+        trial.trial_id,
+        acc,
+        acr,
+        method,
+        config,
+        failed=failed,
+        epoch=None if epoch is None else int(epoch),
+        budget=None if budget is None else int(budget),
+    )
 
 
 class MlflowTrialCallback(Callback):
@@ -115,15 +128,19 @@ class MlflowTrialCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """One line per finished trial: its (val_acc, ACR) and the best feasible ACR per target."""
+    """One line per finished trial: its (val_acc, ACR) and the best feasible ACR per target
+    among the trials that trained their full budget (``epochs``, unless a trial's config says)."""
 
-    def __init__(self, method: str, targets: tuple[float, ...], stream: Any = None) -> None:
-        self.method, self.targets, self.stream = method, tuple(targets), stream
+    def __init__(
+        self, method: str, targets: tuple[float, ...], stream: Any = None, epochs: int | None = None
+    ) -> None:
+        self.method, self.targets, self.stream, self.epochs = method, tuple(targets), stream, epochs
 
     def _line(self, trials: list, trial: Any, what: str) -> None:
-        points = [trial_point(t, self.method) for t in trials if t.status in ("TERMINATED", "ERROR")]
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        points = [trial_point(t, self.method, self.epochs) for t in ended]
         if trial.trial_id not in {p.trial_id for p in points}:
-            points.append(trial_point(trial, self.method))
+            points.append(trial_point(trial, self.method, self.epochs))
         best = []
         for a in self.targets:
             w = select_winner(points, a)
@@ -142,8 +159,9 @@ class ProgressCallback(Callback):
             reason = trial.last_result.get(M.END_REASON, "")
             self._line(trials, trial, f"{ended.upper().replace('_', ' ')}: {reason}")
             return
-        p = trial_point(trial, self.method)
-        self._line(trials, trial, f"val_acc={p.val_acc:.4f} val_acr={p.val_acr:.4f}")
+        p = trial_point(trial, self.method, self.epochs)
+        stopped = "" if p.full_budget else f" (stopped at epoch {p.epoch}: cannot win)"
+        self._line(trials, trial, f"val_acc={p.val_acc:.4f} val_acr={p.val_acr:.4f}{stopped}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self._line(trials, trial, f"FAILED: {failure_reason(trial)}")

@@ -59,10 +59,12 @@ def checkpointed_metrics(result: Any) -> dict[str, Any]:
     return {}
 
 
-def collect_points(grid: Any, method: str) -> MethodResults:
-    """ResultGrid -> TrialPoints, measured at each trial's latest checkpoint. A trial that
-    errored or never reported a finite result is kept as failed: it is plotted nowhere but
-    counted in the trial totals."""
+def collect_points(grid: Any, method: str, epochs: int | None = None) -> MethodResults:
+    """ResultGrid -> TrialPoints, measured at each trial's latest checkpoint, with the epoch of
+    that checkpoint and the trial's budget (its config's ``epochs``, else ``epochs``, the
+    sweep's): a trial the scheduler stopped early is drawn but cannot win. A trial that errored
+    or never reported a finite result is kept as failed: it is plotted nowhere but counted in
+    the trial totals."""
     out = MethodResults(method)
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -72,11 +74,27 @@ def collect_points(grid: Any, method: str) -> MethodResults:
         config = {k: v for k, v in (result.config or {}).items()}
         ended = any((result.metrics or {}).get(k) for k in M.ENDED)
         out.points.append(
-            TrialPoint(trial_id, acc, acr, method, config, failed=result.error is not None or ended)
+            TrialPoint(
+                trial_id,
+                acc,
+                acr,
+                method,
+                config,
+                failed=result.error is not None or ended,
+                epoch=_int_or_none(metrics.get(M.EPOCH)),
+                budget=_int_or_none(config.get("epochs", epochs)),
+            )
         )
         if result.checkpoint is not None:
             out.checkpoints[trial_id] = result.checkpoint
     return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # missing, or NaN in a metrics table
+        return None
 
 
 def second_method(cfg: SweepConfig, train: TrainConfig) -> str | None:
@@ -194,7 +212,12 @@ def frontier_rows(
     for method, res in results.items():
         for target in cfg.accs:
             w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
-            row: dict[str, Any] = {"dataset": cfg.dataset, "method": method, "target": target}
+            row: dict[str, Any] = {
+                "dataset": cfg.dataset,
+                "method": method,
+                "target": target,
+                "protocol": cfg.protocol,
+            }
             if w is None:
                 row.update(status="infeasible", trials=len(res.points))
                 rows.append(row)
@@ -211,6 +234,9 @@ def frontier_rows(
                 trials=len(res.points),
                 registered_model=f"{method}-{cfg.dataset}-acc{format_target(target)}",
             )
+            # the epoch its figures are of (its full budget: stopped trials never win)
+            if w.epoch is not None:
+                row[M.EPOCH] = w.epoch
             rows.append(row)
     return rows
 
@@ -248,7 +274,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         *acr2,
         *certs2,
     ]
-    head.append("trial_id")
+    head += [M.EPOCH, "protocol", "trial_id"]
     lines = [head]
     for r in rows:
         lines.append([_fmt(r.get(k, "")) for k in head])

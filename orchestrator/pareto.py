@@ -2,7 +2,9 @@
 penalised score the early-stopping scheduler ranks.
 
 Both objectives are maximised: clean accuracy and ACR. Non-finite values (a diverged trial
-reporting NaN) never enter a front or win a target.
+reporting NaN) never enter a front or win a target, and neither does a trial that did not train
+its whole epoch budget (one the scheduler stopped early): its figures come from a shorter
+training than its rivals', and a winner is retrained in full by whoever acts on it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,23 @@ class TrialPoint:
     method: str = "acert"
     config: dict[str, Any] = field(default_factory=dict, compare=False)
     failed: bool = False
+    epoch: int | None = None  # the epoch its figures (and its checkpoint) are of
+    budget: int | None = None  # the epochs its config asked for; None: not known (counts as trained)
 
     @property
     def usable(self) -> bool:
+        """Finite figures of a trial that did not fail: it is drawn on the frontier's plot."""
         return not self.failed and math.isfinite(self.val_acc) and math.isfinite(self.val_acr)
+
+    @property
+    def full_budget(self) -> bool:
+        """It trained every epoch its config asked for (a point of unknown budget counts so)."""
+        return self.budget is None or (self.epoch is not None and self.epoch >= self.budget)
+
+    @property
+    def eligible(self) -> bool:
+        """It may win a target: usable and trained for its full budget."""
+        return self.usable and self.full_budget
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -56,12 +71,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def select_winner(trials: Sequence[TrialPoint], target: float) -> TrialPoint | None:
-    """The feasible trial (val_acc >= target) of largest validation ACR, or None if none is.
+    """The feasible trial (val_acc >= target) of largest validation ACR among those that trained
+    their full epoch budget (:attr:`TrialPoint.eligible`), or None if none is.
 
     Ties in ACR go to the higher accuracy, then to the earlier trial, so the choice is
     deterministic whatever order Ray finished the trials in.
     """
-    feasible = [t for t in trials if t.usable and t.val_acc >= target]
+    feasible = [t for t in trials if t.eligible and t.val_acc >= target]
     if not feasible:
         return None
     return min(feasible, key=lambda t: (-t.val_acr, -t.val_acc, t.trial_id))

@@ -240,7 +240,10 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
         run_config=tune.RunConfig(
             name=method,
             storage_path=cfg.sweep_dir,
-            callbacks=[MlflowTrialCallback(tracker, method, cfg), ProgressCallback(method, cfg.accs)],
+            callbacks=[
+                MlflowTrialCallback(tracker, method, cfg),
+                ProgressCallback(method, cfg.accs, epochs=cfg.epochs),
+            ],
             # Two: the experiment state Tune saved last (every CHECKPOINT_PERIOD_S) may still name a
             # trial's previous checkpoint when the driver dies; with one kept it is already deleted
             # and the restored trial errors (tests/cluster/test_rehearsal.py hit it).
@@ -363,7 +366,7 @@ def _search_and_publish(cfg: SweepConfig, tracker: Any, spaces: Any, on_fit: Any
                 raise SweepInterrupted(
                     f"the {method} search was interrupted with {len(left)} trial(s) unfinished"
                 )
-            points[method] = collect_points(grid, method)
+            points[method] = collect_points(grid, method, cfg.epochs)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
         kill_point("after-trials")
         return publish_frontier(cfg, points, tracker)

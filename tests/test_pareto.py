@@ -71,6 +71,19 @@ def test_winner_ties_break_on_accuracy_then_trial_id():
     assert select_winner(trials, 0.9).trial_id == "x"
 
 
+def test_only_a_trial_that_trained_its_full_budget_wins():
+    """A trial stopped early (epoch < its budget), or one whose epoch is unknown, never wins, even
+    with the best ACR; the full-budget one does, and is also what is left when it is alone."""
+    stopped = TrialPoint("a", 0.95, 0.90, epoch=2, budget=8)
+    unknown = TrialPoint("b", 0.95, 0.80, budget=8)
+    full = TrialPoint("c", 0.91, 0.30, epoch=8, budget=8)
+    assert not stopped.full_budget and not unknown.full_budget and full.full_budget
+    assert stopped.usable  # still drawn on the plot
+    assert select_winner([stopped, unknown, full], 0.9).trial_id == "c"
+    assert select_winner([stopped, unknown], 0.9) is None
+    assert select_winner([stopped, full], 0.93) is None  # the stopped one was the only feasible
+
+
 def test_satisfied_targets_and_penalised_score():
     assert satisfied_targets(0.75, [0.6, 0.7, 0.8]) == [0.6, 0.7]
     assert satisfied_targets(math.nan, [0.6]) == []
