@@ -329,9 +329,10 @@ def register_winners(
 
 
 def publish_frontier(
-    cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any
+    cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any, extend_rows: Any = None
 ) -> list[dict[str, Any]]:
-    """Test-evaluate the winners and write frontier.{csv,json,png,html} to the parent run."""
+    """Test-evaluate the winners and write frontier.{csv,json,png,html} to the parent run;
+    ``extend_rows`` (rows -> rows) adds the confirm stage's fields before they are written."""
     winners = {}
     for res in results.values():
         for target in cfg.accs:
@@ -342,7 +343,7 @@ def publish_frontier(
     # The rows name each winner's MLflow run and registered model: the record must be complete.
     tracker.require_server(cfg.tracking_wait, "publishing the frontier")
     try:
-        rows = _record_frontier(cfg, results, tests, tracker)
+        rows = _record_frontier(cfg, results, tests, tracker, extend_rows)
     except Exception as e:
         from orchestrator.tracking.server import TrackingUnavailable, is_unavailable
 
@@ -355,12 +356,18 @@ def publish_frontier(
 
 
 def _record_frontier(
-    cfg: SweepConfig, results: dict[str, MethodResults], tests: dict[str, dict], tracker: Any
+    cfg: SweepConfig,
+    results: dict[str, MethodResults],
+    tests: dict[str, dict],
+    tracker: Any,
+    extend_rows: Any = None,
 ) -> list[dict[str, Any]]:
     from orchestrator.plots import Panel, write_html, write_png
 
     run_ids = {p.trial_id: tracker.trial_run_id(p.trial_id) for r in results.values() for p in r.points}
     rows = frontier_rows(cfg, results, tests, run_ids)
+    if extend_rows is not None:
+        rows = extend_rows(rows)
     if cfg.register_models:
         register_winners(cfg, rows, results, tracker)
     for row in rows:  # the winner's child run says what it won and how it did on test

@@ -369,10 +369,22 @@ def _search_and_publish(cfg: SweepConfig, tracker: Any, spaces: Any, on_fit: Any
             points[method] = collect_points(grid, method, cfg.epochs)
             tracker.close_unrecorded(method, {p.trial_id for p in points[method].points})
         kill_point("after-trials")
-        return publish_frontier(cfg, points, tracker)
+        return publish_frontier(cfg, points, tracker, confirm_stage(cfg, points, tracker))
     finally:
         if started:
             ray.shutdown()
+
+
+def confirm_stage(cfg: SweepConfig, points: dict[str, Any], tracker: Any) -> Callable | None:
+    """``--confirm-seeds K``: retrain each target's candidates (orchestrator.confirm); returns
+    what adds its means and intervals to the frontier rows, or None when the stage is off."""
+    if not cfg.confirm_seeds:
+        return None
+    from orchestrator.confirm import candidate_pools, run_confirm
+    from orchestrator.confirm_report import extend_rows
+
+    targets = run_confirm(cfg, candidate_pools(points), tracker)
+    return lambda rows: extend_rows(rows, targets)
 
 
 def _sigterm_as_sigint(signum: int, frame: Any) -> None:
@@ -421,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lock.release()
     print(format_table(rows), flush=True)
+    from orchestrator.confirm_report import format_confirmed
+
+    confirmed = format_confirmed(rows)
+    if confirmed:
+        print(
+            f"\nconfirmed over {cfg.confirm_seeds} seeds (mean ± 95 % half-width):\n{confirmed}", flush=True
+        )
     print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}", flush=True)
     return 0
 

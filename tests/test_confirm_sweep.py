@@ -86,3 +86,31 @@ def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session
         ("steady", CONFIRMED),
     ]
     assert sorted(ray_session.read_text().splitlines()) == builds
+
+
+def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_session, tmp_path):
+    import json
+
+    from orchestrator.sweep import run_sweep
+
+    cfg = SweepConfig(
+        dataset="synthetic", accs=(0.5,), methods=("ibp", "lucky-ibp"), plugins=("tests.lucky_method",),
+        trials=2, epochs=2, name="confirmed", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
+        test_samples=64, threads=1, scheduler="none", max_failures=0, fixed=("lr=0.01", "batch_size=64"),
+        register_models=False, confirm_seeds=2, confirm_candidates=1,
+    )  # fmt: skip
+    rows = {r["method"]: r for r in run_sweep(cfg)}
+    ibp, lucky = rows["ibp"], rows["lucky-ibp"]
+    assert ibp["confirm_status"] == "confirmed" and ibp["confirm_trial_id"] == ibp["trial_id"]
+    assert ibp["confirm_seeds"] == [1, 2] and 0.5 <= ibp["mean.val_acc"] <= 1
+    assert ibp["ci95.test_acc"] is not None and ibp["mean.test_acr"] >= 0
+    # one candidate allowed: the search winner; a lucky one fails under fresh seeds
+    expected = "not confirmed" if lucky["config"]["lucky"] else "confirmed"
+    assert lucky["confirm_status"] == expected
+    folder = tmp_path / "sweeps" / "confirmed"
+    saved = {r["method"]: r for r in json.loads((folder / "frontier.json").read_text())}
+    assert saved["ibp"]["mean.test_acc"] == pytest.approx(ibp["mean.test_acc"])
+    assert "mean.test_acr" in (folder / "frontier.csv").read_text().splitlines()[0]
+    assert "confirmed, mean ± 95 % CI" in (folder / "frontier.html").read_text()
+    assert (folder / "confirm-1").is_dir()
