@@ -215,7 +215,7 @@ def record(tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, 
             for k in a.keys:
                 verdicts.setdefault(k, []).append(f"{tc.target:g}:{a.status}")
     for key, r in retrains.items():
-        if tracker.has_trial(key):
+        if recorded(tracker, key):
             continue
         # journalled under "<method>:confirm": the search's bookkeeping of <method> leaves it alone
         tracker.trial(key, f"{r.method}:{ROLE}", {**r.train_config, "confirm_of": r.of})
@@ -232,3 +232,10 @@ def record(tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, 
         figures = {M.VAL_ACC: r.val_acc, M.VAL_ACR: r.val_acr, **r.test}
         tracker.log_trial_metrics(key, {k: v for k, v in figures.items() if math.isfinite(v)}, step=0)
         tracker.end_trial(key, status="FAILED" if r.failed else "FINISHED")
+
+
+def recorded(tracker: Any, key: str) -> bool:
+    """The retrain's run was closed by an earlier driver (one killed before closing it is
+    recorded again: its run is found by name, its params and tags are set again)."""
+    state = tracker.journal.state.trials.get(key)
+    return state is not None and state.status != "RUNNING"

@@ -98,6 +98,7 @@ def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.confirm_report import format_confirmed
     from orchestrator.evaluation import format_table
     from orchestrator.plots import write_html, write_png
     from orchestrator.sweep import check_tracking_uri
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     write_png(panels, out.with_suffix(".png"))
     write_html(panels, out.with_suffix(".html"))
     print(format_table([r for p in panels for r in p.rows]))
+    confirmed = format_confirmed([r for p in panels for r in p.rows])  # sweeps with --confirm-seeds
+    if confirmed:
+        print(f"\nconfirmed over seeds (mean ± 95 % half-width):\n{confirmed}")
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.html')}")
     return 0
 

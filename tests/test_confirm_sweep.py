@@ -88,7 +88,7 @@ def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session
     assert sorted(ray_session.read_text().splitlines()) == builds
 
 
-def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_session, tmp_path):
+def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_session, tmp_path, capsys):
     import json
 
     from orchestrator.sweep import run_sweep
@@ -114,3 +114,18 @@ def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_
     assert "mean.test_acr" in (folder / "frontier.csv").read_text().splitlines()[0]
     assert "confirmed, mean ± 95 % CI" in (folder / "frontier.html").read_text()
     assert (folder / "confirm-1").is_dir()
+
+    # the report from MLflow alone: the search's trials as points, the confirmed table below
+    from orchestrator.frontier import load_panel, main
+    from orchestrator.tracking.reads import client_for
+
+    panel = load_panel(client_for(cfg.tracking_uri), cfg.tracking_uri, "synthetic", None, None)
+    assert {m: len(p) for m, p in panel.points.items()} == {"ibp": 2, "lucky-ibp": 2}  # no retrain among them
+    capsys.readouterr()
+    assert (
+        main(["--datasets", "synthetic", "--tracking-uri", cfg.tracking_uri, "--out", str(tmp_path / "f")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "confirmed over seeds (mean ± 95 % half-width)" in out
+    assert f"| ibp | 0.5 | confirmed | 2 | {ibp['mean.val_acc']:.4f} ± " in out
