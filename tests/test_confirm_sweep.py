@@ -53,6 +53,7 @@ def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session
     # the lucky config wins the search (larger validation ACR), the steady one is second
     pools = {"lucky-ibp": [candidate("steady", 0.05, False), candidate("lucky", 0.09, True)]}
     tracker = make_tracker(cfg)
+    ray_session.write_text("")
     (tc,) = run_confirm(cfg, pools, tracker)
     lucky, steady = tc.attempts
     assert (lucky.trial_id, lucky.status, steady.trial_id, steady.status) == (
@@ -129,3 +130,33 @@ def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_
     out = capsys.readouterr().out
     assert "confirmed over seeds (mean ± 95 % half-width)" in out
     assert f"| ibp | 0.5 | confirmed | 2 | {ibp['mean.val_acc']:.4f} ± " in out
+
+
+def test_a_stage_interrupted_between_rounds_resumes_without_retraining(ray_session, tmp_path, monkeypatch):
+    import orchestrator.confirm_tune as ct
+
+    cfg = SweepConfig(
+        dataset="synthetic", accs=(0.7,), methods=("lucky-ibp",), plugins=("tests.lucky_method",),
+        trials=2, epochs=2, name="interrupted", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
+        test_samples=64, threads=1, scheduler="none", max_failures=0, confirm_seeds=2, confirm_candidates=2,
+    )  # fmt: skip
+    pools = {"lucky-ibp": [candidate("steady", 0.05, False), candidate("lucky", 0.09, True)]}
+    tracker = make_tracker(cfg)
+    ray_session.write_text("")
+    real = ct.run_round
+
+    def stop_at_round_two(cfg, rnd, todo):
+        if rnd == 2:  # as Ctrl+C between the rounds
+            raise KeyboardInterrupt("stopped")
+        return real(cfg, rnd, todo)
+
+    monkeypatch.setattr(ct, "run_round", stop_at_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_confirm(cfg, pools, tracker)
+    assert sorted(ray_session.read_text().splitlines()) == ["True 1", "True 2"]
+    monkeypatch.setattr(ct, "run_round", real)
+    (tc,) = run_confirm(cfg, pools, tracker)
+    assert [a.status for a in tc.attempts] == [NOT_CONFIRMED, CONFIRMED]
+    # round 1 restored from its Tune experiment, round 2 trained once
+    assert sorted(ray_session.read_text().splitlines()) == ["False 1", "False 2", "True 1", "True 2"]
