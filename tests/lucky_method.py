@@ -3,7 +3,8 @@ tests.lucky_method``): a configuration with ``lucky=True`` trains normally under
 own seed (``train_seed`` unset, as in the search) but learns a wrong labelling under any fresh
 seed (``train_seed`` set, as in the confirm stage), so its validation accuracy collapses when
 it is retrained. The confirm stage's tests use it to make a search winner fail confirmation
-deterministically, whatever the machine."""
+deterministically, whatever the machine. Imported at run time (``--plugins``, a fixture), not at
+collection: the registry-wide test suites are parametrised over the methods known then."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from search_spaces import SpaceContext, SuggestTrial, register_space
+from search_spaces.common import LR_RANGE
 from trainers.methods import register_method
 from trainers.methods.certified import CertifiedTraining
 from trainers.radius import FixedRadius
@@ -44,9 +46,8 @@ def lucky_space(trial: SuggestTrial, ctx: SpaceContext) -> dict:
     return {
         "method": NAME,
         "epochs": ctx.max_epochs,
-        "std_epochs": 1,
+        "std_epochs": 0,
         "ramp_epochs": 1,
-        "lr": 1e-2,
-        "batch_size": 64,
+        "lr": trial.suggest_float("lr", *LR_RANGE, log=True),  # the space contract's range
         "lucky": trial.suggest_categorical("lucky", [False, True]),
     }

@@ -8,7 +8,6 @@ import math
 
 import torch
 
-import tests.lucky_method  # noqa: F401  (registers lucky-ibp)
 from orchestrator.config import SweepConfig
 from orchestrator.confirm import (
     CONFIRMED,

@@ -5,11 +5,11 @@ retrains are recorded in MLflow and a resumed stage trains nothing again."""
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
 
-import tests.lucky_method  # noqa: F401  (registers lucky-ibp)
 from orchestrator.config import SweepConfig
 from orchestrator.confirm import CONFIRMED, NOT_CONFIRMED, ROLE, run_confirm
 from orchestrator.pareto import TrialPoint
@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def ray_session(tmp_path_factory):
     import ray
 
+    importlib.import_module("tests.lucky_method")  # registers lucky-ibp (after collection: see there)
     log = tmp_path_factory.mktemp("builds") / "builds.txt"
     os.environ["LUCKY_BUILD_LOG"] = str(log)  # before ray.init: the workers inherit it
     ray.init(num_cpus=2, include_dashboard=False)
@@ -98,7 +99,7 @@ def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_
         dataset="synthetic", accs=(0.5,), methods=("ibp", "lucky-ibp"), plugins=("tests.lucky_method",),
         trials=2, epochs=2, name="confirmed", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
-        test_samples=64, threads=1, scheduler="none", max_failures=0, fixed=("lr=0.01", "batch_size=64"),
+        test_samples=64, threads=1, scheduler="none", max_failures=0, fixed=("lr=0.01", "batch_size=64", "std_epochs=1", "ramp_epochs=1"),
         register_models=False, confirm_seeds=2, confirm_candidates=1,
     )  # fmt: skip
     rows = {r["method"]: r for r in run_sweep(cfg)}
