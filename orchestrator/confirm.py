@@ -178,7 +178,7 @@ def run_confirm(
                 judge(tc.attempts[-1], retrains, tc.target)
                 say(tc, tc.attempts[-1])
     certify(cfg, targets, retrains)
-    record(tracker, targets, retrains)
+    record(cfg, tracker, targets, retrains)
     return targets
 
 
@@ -203,7 +203,9 @@ def certify(cfg: SweepConfig, targets: list[TargetConfirmation], retrains: dict[
         retrains[key].test = figures
 
 
-def record(tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, Retrain]) -> None:
+def record(
+    cfg: SweepConfig, tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, Retrain]
+) -> None:
     """One MLflow child run per retrain (role ``confirm``), logged once: its validation (and,
     when certified, test) figures and the targets it confirmed."""
     from orchestrator.tracking import TAG_ROLE
@@ -218,16 +220,18 @@ def record(tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, 
         if recorded(tracker, key):
             continue
         # journalled under "<method>:confirm": the search's bookkeeping of <method> leaves it alone
-        tracker.trial(key, f"{r.method}:{ROLE}", {**r.train_config, "confirm_of": r.of})
+        params = {**cfg.trial(r.train_config).to_dict(), **r.train_config, "confirm_of": r.of}
+        tracker.trial(key, f"{r.method}:{ROLE}", params)
         tracker.tag_trial(
             key,
             {
                 TAG_ROLE: ROLE,
                 TAG_METHOD: r.method,
+                "mlflow.runName": key,
                 "confirm.of": r.of,
                 "confirm.seed": str(r.seed),
                 "confirm.verdicts": ",".join(verdicts.get(key, [])),
-            },  # fmt: skip
+            },
         )
         figures = {M.VAL_ACC: r.val_acc, M.VAL_ACR: r.val_acr, **r.test}
         tracker.log_trial_metrics(key, {k: v for k, v in figures.items() if math.isfinite(v)}, step=0)

@@ -80,6 +80,16 @@ def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session
         assert m["val_acc"] >= 0.7 and 0 <= m["test_acc"] <= 1 and m["test_acr"] >= 0
         assert "test_acc" not in by_of[("lucky", seed)].data.metrics
     assert by_of[("lucky", "1")].data.tags["confirm.verdicts"] == "0.7:not confirmed"
+    first = by_of[("steady", "1")].data
+    assert (
+        first.tags["mlflow.runName"] == "confirm-lucky-ibp-steady-s1"
+        and first.tags["sweep.method"] == "lucky-ibp"
+    )
+    assert (first.params["train_seed"], first.params["seed"], first.params["dataset"]) == (
+        "1",
+        "0",
+        "synthetic",
+    )
 
     # resumed: both rounds are restored from their Tune experiments, nothing is trained again
     (again,) = run_confirm(cfg, pools, tracker)
