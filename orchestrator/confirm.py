@@ -182,6 +182,18 @@ def run_confirm(
     return targets
 
 
+def confirm_stage(cfg: SweepConfig, results: dict[str, Any], tracker: Any) -> Any:
+    """The sweep's stage (``--confirm-seeds K`` > 0) over its searches' ``results`` (method ->
+    ``evaluation.MethodResults``): returns what adds its fields to the frontier rows (rows ->
+    rows, ``confirm_report.extend_rows``), or None when the stage is off."""
+    if not cfg.confirm_seeds:
+        return None
+    from orchestrator.confirm_report import extend_rows
+
+    targets = run_confirm(cfg, candidate_pools(results), tracker)
+    return lambda rows: extend_rows(rows, targets)
+
+
 def say(tc: TargetConfirmation, a: Attempt) -> None:
     why = f" ({a.reason})" if a.reason else f" (mean val_acc {a.mean_val_acc:.4f})"
     print(

@@ -10,6 +10,7 @@ method qualifies.
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -21,6 +22,12 @@ from trainers import metrics as M
 _NOT_FIGURES = ("test_n", M.EPOCH)
 STATUS = "confirm_status"
 RATIO, RATIO_CI, RATIO_VS = "acr_ratio", "acr_ratio_ci", "acr_ratio_vs"
+# frontier.html's table: its confirm columns (header -> figure)
+CONFIRMED_COLS = {
+    "test_acc (confirmed, mean ± 95 % CI)": M.TEST_ACC,
+    "test_acr (confirmed, mean ± 95 % CI)": M.TEST_ACR,
+    "ACR ratio to the best rival": RATIO,
+}
 
 
 def mean_key(figure: str) -> str:
@@ -138,3 +145,26 @@ def _pm(mean: Any, half: Any, digits: int = 4) -> str:
     if mean is None:
         return ""
     return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def confirmed_cell(row: dict[str, Any], col: str) -> str:
+    """A cell of one of frontier.html's ``CONFIRMED_COLS``: mean ± half-width (and the rival)."""
+    figure = CONFIRMED_COLS[col]
+    if figure == RATIO:
+        text = _pm(row.get(RATIO), row.get(RATIO_CI))
+        return f"{text} vs {row[RATIO_VS]}" if text else ""
+    return _pm(row.get(mean_key(figure)), row.get(ci_key(figure)))
+
+
+def confirmed_hover(method: str, targets: list[float], row: dict[str, Any]) -> str:
+    """The hover label of a confirmed point in frontier.html."""
+    pm = {f: _pm(row[mean_key(f)], row.get(ci_key(f))) for f in (M.TEST_ACC, M.TEST_ACR)}
+    seeds = len(row.get("confirm_seeds") or [])
+    lines = [
+        f"<b>{html.escape(method)}</b> confirmed for target {', '.join(f'{t:g}' for t in targets)}",
+        f"trial {html.escape(str(row['confirm_trial_id']))} (candidate {row.get('confirm_rank')}), {seeds} seeds",
+        f"test acc {pm[M.TEST_ACC]}   test ACR {pm[M.TEST_ACR]}",
+    ]
+    if row.get(RATIO) is not None:
+        lines.append(f"ACR / {html.escape(str(row[RATIO_VS]))}'s: {_pm(row[RATIO], row.get(RATIO_CI), 3)}")
+    return "<br>".join(lines)

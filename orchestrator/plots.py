@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import TARGET, TRIAL_META_KEYS
-from orchestrator.confirm_report import RATIO, RATIO_CI, RATIO_VS, ci_key, mean_key
+from orchestrator.confirm_report import CONFIRMED_COLS, ci_key, confirmed_cell, confirmed_hover, mean_key
 from orchestrator.confirm_report import STATUS as CONFIRM_STATUS
 from orchestrator.pareto import TrialPoint, pareto_front
 from trainers import metrics as M
@@ -28,12 +28,6 @@ _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 ACC_TITLE, ACR_TITLE = "clean accuracy", "ACR (l_inf, pixel units)"
 MEAN_ACC, MEAN_ACR = mean_key(M.TEST_ACC), mean_key(M.TEST_ACR)  # the confirm stage's fields
 CI_ACC, CI_ACR = ci_key(M.TEST_ACC), ci_key(M.TEST_ACR)
-# the HTML table's confirm columns: header -> figure
-CONFIRMED_COLS = {
-    "test_acc (confirmed, mean ± 95 % CI)": M.TEST_ACC,
-    "test_acr (confirmed, mean ± 95 % CI)": M.TEST_ACR,
-    "ACR ratio to the best rival": RATIO,
-}
 PLOT_ID = "frontier-plot"  # the HTML element plotly draws into
 # Not tuned: the searcher's bookkeeping, the method (the trace says it), and the settings every
 # trial of a sweep shares (configs of sweeps from before SweepConfig.trial carried them).
@@ -285,31 +279,11 @@ def _method_traces(go: Any, panel: Panel, method: str, c: str, legend: bool) -> 
             mode="markers",
             marker=dict(color=c, size=11, symbol="diamond", line=dict(color="black", width=1)),
             name=f"{method} confirmed (test mean, 95 % CI)",
-            text=[_confirmed_hover(method, targets, row) for targets, row in held],
+            text=[confirmed_hover(method, targets, row) for targets, row in held],
             showlegend=False,
             **hover,
         ),
     ]
-
-
-def _confirmed_hover(method: str, targets: list[float], row: dict[str, Any]) -> str:
-    def pm(figure: str) -> str:
-        half = row.get(ci_key(figure))
-        return f"{row[mean_key(figure)]:.4f}" + ("" if half is None else f" ± {half:.4f}")
-
-    seeds = len(row.get("confirm_seeds") or [])
-    lines = [
-        f"<b>{html.escape(method)}</b> confirmed for target {', '.join(f'{t:g}' for t in targets)}",
-        f"trial {html.escape(str(row['confirm_trial_id']))} (candidate {row.get('confirm_rank')}), {seeds} seeds",
-        f"test acc {pm(M.TEST_ACC)}   test ACR {pm(M.TEST_ACR)}",
-    ]
-    if row.get(RATIO) is not None:
-        half = row.get(RATIO_CI)
-        lines.append(
-            f"ACR / {html.escape(str(row[RATIO_VS]))}'s: {row[RATIO]:.3f}"
-            + ("" if half is None else f" ± {half:.3f}")
-        )
-    return "<br>".join(lines)
 
 
 def frontier_figure(panels: list[Panel]) -> Any:
@@ -383,7 +357,7 @@ def write_html(panels: list[Panel], path: Path) -> None:
         + "".join(
             "<tr>"
             + "".join(
-                f"<td>{html.escape(_confirmed_cell(r, c) if c in CONFIRMED_COLS else _cell(r.get(c, '')))}</td>"
+                f"<td>{html.escape(confirmed_cell(r, c) if c in CONFIRMED_COLS else _cell(r.get(c, '')))}</td>"
                 for c in cols
             )
             + "</tr>"
@@ -398,14 +372,3 @@ def write_html(panels: list[Panel], path: Path) -> None:
 
 def _cell(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _confirmed_cell(row: dict[str, Any], col: str) -> str:
-    """``mean ± half-width`` of a confirmed figure (the confirm stage's columns)."""
-    figure = CONFIRMED_COLS[col]
-    mean_k, ci_k = (RATIO, RATIO_CI) if figure == RATIO else (mean_key(figure), ci_key(figure))
-    if row.get(mean_k) is None:
-        return ""
-    half = row.get(ci_k)
-    text = f"{row[mean_k]:.4f}" + ("" if half is None else f" ± {half:.4f}")
-    return f"{text} vs {row[RATIO_VS]}" if figure == RATIO else text

@@ -348,6 +348,7 @@ def run_sweep(
 def _search_and_publish(cfg: SweepConfig, tracker: Any, spaces: Any, on_fit: Any) -> list[dict[str, Any]]:
     import ray
 
+    from orchestrator.confirm import confirm_stage
     from orchestrator.evaluation import collect_points, publish_frontier
 
     started = init_ray(cfg)
@@ -373,18 +374,6 @@ def _search_and_publish(cfg: SweepConfig, tracker: Any, spaces: Any, on_fit: Any
     finally:
         if started:
             ray.shutdown()
-
-
-def confirm_stage(cfg: SweepConfig, points: dict[str, Any], tracker: Any) -> Callable | None:
-    """``--confirm-seeds K``: retrain each target's candidates (orchestrator.confirm); returns
-    what adds its means and intervals to the frontier rows, or None when the stage is off."""
-    if not cfg.confirm_seeds:
-        return None
-    from orchestrator.confirm import candidate_pools, run_confirm
-    from orchestrator.confirm_report import extend_rows
-
-    targets = run_confirm(cfg, candidate_pools(points), tracker)
-    return lambda rows: extend_rows(rows, targets)
 
 
 def _sigterm_as_sigint(signum: int, frame: Any) -> None:
