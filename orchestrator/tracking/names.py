@@ -10,7 +10,7 @@ from trainers import metrics as M
 
 TAG_SWEEP = "sweep.name"
 TAG_SWEEP_ID = "sweep.id"  # the id in sweep.json: a new sweep of an old name is another sweep
-TAG_ROLE = "sweep.role"  # parent | trial
+TAG_ROLE = "sweep.role"  # parent | trial | confirm (a retrain of the confirm stage)
 TAG_TRIAL = "ray.trial_id"
 TAG_METHOD = "sweep.method"
 TAG_REASON = "failure_reason"
