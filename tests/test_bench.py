@@ -68,7 +68,9 @@ def test_bench_script_prints_one_json_object(name):
     if name == "step":
         for config in out["configs"]:
             want = {"ibp_ratio", "crown_ibp_ratio", "acert_ratio", "sabr_ratio", "median_ms"}
-            assert want | {"crown_ibp_over_ibp", "crown_ibp_margins_over_ibp", "sabr_over_ibp"} <= config.keys()
+            assert (
+                want | {"crown_ibp_over_ibp", "crown_ibp_margins_over_ibp", "sabr_over_ibp"} <= config.keys()
+            )
             assert all(v > 0 for v in config["median_ms"].values())
 
 
