@@ -12,6 +12,7 @@ tighter than IBP (do not assume it is).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +205,53 @@ def prepare(
     return layers, ctx, box, last
 
 
+# One ReLU's backward step: (layer index, A, pre-activation lower and upper bounds) -> (new A,
+# bias contribution); the relaxation's lower slopes are the step's choice.
+ReluStep = Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def adaptive_relu_step(i: int, a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """CROWN's adaptive lower slopes; a single row takes the hand-written step."""
+    step = _OneRowReLU.apply if a.shape[1] == 1 else _back_relu
+    return step(a, lo, hi)
+
+
+def backward_from(
+    layers: list[nn.Module],
+    ctx: BoundContext,
+    preact: dict[int, tuple[Tensor, Tensor]],
+    shapes: list[tuple[int, ...]],
+    start: int,
+    a: Tensor,
+    bias: Tensor,
+    box: tuple[Tensor, Tensor],
+    relu_step: ReluStep = adaptive_relu_step,
+) -> Tensor:
+    """Lower bounds [B, S] over ``box`` of ``a f_start(x) + bias``, where ``a`` [B, S, ...] acts
+    on the output of layer ``start`` (``start = -1``: on the input itself), by CROWN's backward
+    pass with the pre-activation bounds ``preact`` (ReLU layer -> (lower, upper))."""
+    for i in range(start, -1, -1):
+        layer = layers[i]
+        extra: Tensor | float = 0.0
+        if isinstance(layer, nn.ReLU):
+            a, extra = relu_step(i, a, *preact[i])
+        elif isinstance(layer, nn.Linear):
+            extra = a @ layer.bias if layer.bias is not None else 0.0
+            a = a @ layer.weight
+        elif isinstance(layer, nn.Conv2d):
+            a, extra = _back_conv(a, layer, shapes[i])
+        elif isinstance(layer, AFFINE_PER_CHANNEL):
+            scale, shift = _affine_of(i, layer, ctx, None, False)
+            view = (1, 1, -1) + (1,) * (a.dim() - 3)
+            extra = torch.einsum("bsc...,c->bs", a, shift)
+            a = a * scale.view(view)
+        elif isinstance(layer, nn.Flatten):
+            a = a.reshape(a.shape[0], a.shape[1], *shapes[i])
+        bias = bias + extra
+    lo, hi = box
+    return _contract(a.clamp(min=0), lo) + _contract(a.clamp(max=0), hi) + bias
+
+
 def backward_lower(
     layers: list[nn.Module],
     ctx: BoundContext,
@@ -216,26 +264,7 @@ def backward_lower(
     of the last layer's input h, by CROWN's backward pass with the pre-activation bounds in
     ``ctx.preact``. An upper bound of ``a h + bias`` is ``-backward_lower(..., -a, -bias)``."""
     shapes = _input_shapes(layers, x)
-    for i in range(len(layers) - 2, -1, -1):
-        layer = layers[i]
-        if isinstance(layer, nn.ReLU):
-            relu_step = _OneRowReLU.apply if a.shape[1] == 1 else _back_relu
-            a, extra = relu_step(a, *ctx.preact[i])
-        elif isinstance(layer, nn.Linear):
-            extra = a @ layer.bias if layer.bias is not None else 0.0
-            a = a @ layer.weight
-        elif isinstance(layer, nn.Conv2d):
-            a, extra = _back_conv(a, layer, shapes[i])
-        elif isinstance(layer, AFFINE_PER_CHANNEL):
-            scale, shift = _affine_of(i, layer, ctx, None, False)
-            view = (1, 1, -1) + (1,) * (a.dim() - 3)
-            extra = torch.einsum("bsc...,c->bs", a, shift)
-            a = a * scale.view(view)
-        elif isinstance(layer, nn.Flatten):
-            a, extra = a.reshape(a.shape[0], a.shape[1], *shapes[i]), 0.0
-        bias = bias + extra
-    lo, hi = box
-    return _contract(a.clamp(min=0), lo) + _contract(a.clamp(max=0), hi) + bias
+    return backward_from(layers, ctx, ctx.preact, shapes, len(layers) - 2, a, bias, box)
 
 
 def _input_shapes(layers: list[nn.Module], x: Tensor) -> list[tuple[int, ...]]:

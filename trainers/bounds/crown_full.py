@@ -40,11 +40,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainers.bounds.crown import _back_conv, _back_relu, _contract, _input_shapes
+from trainers.bounds.crown import _back_relu, _contract, _input_shapes, backward_from
 from trainers.bounds.engine import (
-    AFFINE_PER_CHANNEL,
     BoundContext,
-    _affine_of,
     clean_pass,
     input_box,
     layers_of,
@@ -67,31 +65,15 @@ def _backward(
     box: tuple[Tensor, Tensor],
     alphas: dict[int, Tensor] | None = None,
 ) -> Tensor:
-    """Lower bounds [B, S] of ``A f_start(x) + bias`` over the input box, where ``A`` [B, S, ...]
-    acts on the output of layer ``start`` (``start = -1``: on the input itself). ``alphas``
-    (ReLU layer -> [B, S, ...] in [0, 1]) replaces the adaptive lower slopes of those ReLUs."""
-    for i in range(start, -1, -1):
-        layer = layers[i]
-        extra: Tensor | float = 0.0
-        if isinstance(layer, nn.ReLU) and alphas is not None and i in alphas:
-            a, extra = _back_relu_alpha(a, *preact[i], alphas[i])
-        elif isinstance(layer, nn.ReLU):
-            a, extra = _back_relu(a, *preact[i])
-        elif isinstance(layer, nn.Linear):
-            extra = a @ layer.bias if layer.bias is not None else 0.0
-            a = a @ layer.weight
-        elif isinstance(layer, nn.Conv2d):
-            a, extra = _back_conv(a, layer, shapes[i])
-        elif isinstance(layer, AFFINE_PER_CHANNEL):
-            scale, shift = _affine_of(i, layer, ctx, None, False)
-            view = (1, 1, -1) + (1,) * (a.dim() - 3)
-            extra = torch.einsum("bsc...,c->bs", a, shift)
-            a = a * scale.view(view)
-        elif isinstance(layer, nn.Flatten):
-            a = a.reshape(a.shape[0], a.shape[1], *shapes[i])
-        bias = bias + extra
-    lo, hi = box
-    return _contract(a.clamp(min=0), lo) + _contract(a.clamp(max=0), hi) + bias
+    """``crown.backward_from`` with CROWN's adaptive lower slopes (``_back_relu``), or
+    ``alphas`` (ReLU layer -> [B, S, ...] in [0, 1]) in place of those of some ReLUs."""
+
+    def relu_step(i: int, a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        if alphas is not None and i in alphas:
+            return _back_relu_alpha(a, lo, hi, alphas[i])
+        return _back_relu(a, lo, hi)
+
+    return backward_from(layers, ctx, preact, shapes, start, a, bias, box, relu_step)
 
 
 def _neuron_bounds(
