@@ -20,14 +20,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
-
-
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as e:
         code = sweep.main(argv)

@@ -13,14 +13,6 @@ from search_spaces import get_space
 ARGS = ["--dataset", "synthetic", "--accs", "0.9", "--name", "job"]
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
-
-
 def test_a_bad_protocol_is_one_line_exit_2_and_writes_nothing(in_tmp, capsys):
     assert sweep.main([*ARGS, "--protocol", "exact"]) == 2
     err = capsys.readouterr().err

@@ -19,14 +19,6 @@ from trainers.models import build_model, save_checkpoint
 BASE = ["--dataset", "synthetic", "--accs", "0.5", "--methods", "ibp"]
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
-
-
 def test_bad_cert_method_exits_2_with_one_line_before_anything_runs(in_tmp, capsys):
     with pytest.raises(SystemExit) as e:
         raise SystemExit(sweep.main([*BASE, "--name", "s", "--cert-method", "zonotope"]))
