@@ -1,9 +1,10 @@
 """l_inf PGD with random restarts and a margin loss: batched, one radius per sample.
 
-Two users: MTL-IBP's adversarial loss term (``trainers.methods.mtl_ibp``, De Palma et al. 2024),
-and the checks that no adversarial example lies within a certified radius: a sound bound's
-margin lower bound can never exceed the margin at any point PGD finds in the same box, so
-``adversarial_margins >= margin_lower`` is an independent cross-check of the bound engine.
+Two kinds of user: the training attack of MTL-IBP's adversarial loss term and of SABR's small
+box (``trainers.methods.training_attack``), and the checks that no adversarial example lies
+within a certified radius: a sound bound's margin lower bound can never exceed the margin at any
+point PGD finds in the same box, so ``adversarial_margins >= margin_lower`` is an independent
+cross-check of the bound engine.
 
 The attack maximises the margin loss max_{j != y} z_j - z_y (Carlini & Wagner 2017) by signed
 gradient ascent with projection (Madry et al. 2018) in the box the bound engine certifies:

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from trainers.attacks import Logits, margins_of, pgd_attack
-from trainers.bounds.engine import BoundContext, layers_of, propagate
+from trainers.attacks import margins_of
+from trainers.bounds.engine import BoundContext
 from trainers.methods.base import register_method, robust_ce
 from trainers.methods.certified import CertifiedTraining
 from trainers.methods.losses import KappaMixing, LossBase, LossInput, LossOutput
+from trainers.methods.training_attack import attack_point, check_attack_settings, with_batch_stats
 from trainers.radius import FixedRadius
 from trainers.settings import bad, setting
 
@@ -55,11 +56,7 @@ class MTLIBPParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise bad("alpha", self.alpha, "must lie in [0, 1]")
-        for name in ("attack_steps", "attack_restarts"):
-            if getattr(self, name) < 1:
-                raise bad(name, getattr(self, name), "must be >= 1")
-        if self.attack_step_ratio is not None and not self.attack_step_ratio > 0:
-            raise bad("attack_step_ratio", self.attack_step_ratio, "must be > 0 (or unset)")
+        check_attack_settings(self)
         if not self.attack_eps_factor > 0:
             raise bad("attack_eps_factor", self.attack_eps_factor, "must be > 0")
 
@@ -68,23 +65,6 @@ def mtl_ibp_loss(ibp_margins: Tensor | None, adv_margins: Tensor | None, alpha: 
     """alpha * L(ibp_margins) + (1 - alpha) * L(adv_margins); a term of weight 0 may be None."""
     terms = [(alpha, ibp_margins), (1.0 - alpha, adv_margins)]
     return sum(w * robust_ce(m) for w, m in terms if w > 0)
-
-
-def with_batch_stats(model: nn.Sequential, ctx: BoundContext, *, detach: bool) -> Logits:
-    """The model's logits with every per-channel affine layer fixed to its map in ``ctx`` (the
-    clean batch's BatchNorm statistics); ``detach``: as constants (for the attack)."""
-    layers = layers_of(model)
-    if model.training:
-        bns = [i for i, m in enumerate(layers) if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-        assert all(i in ctx.affines for i in bns), "the context lacks the clean batch's statistics"
-    affines = {i: (s.detach(), t.detach()) if detach else (s, t) for i, (s, t) in ctx.affines.items()}
-    frozen = BoundContext(affines=affines)
-
-    def forward(z: Tensor) -> Tensor:
-        feats, _, _ = propagate(layers, frozen, clean=z)
-        return layers[-1](feats)
-
-    return forward
 
 
 class MTLIBPLoss(LossBase):
@@ -108,17 +88,7 @@ class MTLIBPLoss(LossBase):
         """Margins [B, K-1] at the PGD point of radius attack_eps_factor * eps; the attack sees
         the clean batch's BatchNorm maps as constants, the loss's margins see them as they are
         (gradients flow through them as through the IBP pass)."""
-        p = self.params
-        x_adv = pgd_attack(
-            model,
-            x,
-            y,
-            eps * p.attack_eps_factor,
-            steps=p.attack_steps,
-            restarts=p.attack_restarts,
-            step_size=p.attack_step_ratio,
-            forward=with_batch_stats(model, ctx, detach=True),
-        )
+        x_adv = attack_point(model, x, y, eps * self.params.attack_eps_factor, ctx, self.params)
         return margins_of(with_batch_stats(model, ctx, detach=False)(x_adv), y)
 
 

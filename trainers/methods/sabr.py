@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from trainers.attacks import pgd_attack
 from trainers.bounds.engine import BoundContext, layers_of, margins_from_interval, propagate
 from trainers.methods.base import register_method, robust_ce
 from trainers.methods.certified import CertifiedTraining
 from trainers.methods.losses import KappaMixing, LossBase, LossInput, LossOutput
-from trainers.methods.mtl_ibp import with_batch_stats
+from trainers.methods.training_attack import attack_point, check_attack_settings
 from trainers.radius import FixedRadius
 from trainers.settings import bad, setting
 
@@ -51,11 +50,7 @@ class SABRParams:
     def __post_init__(self) -> None:
         if not 0.0 < self.sabr_lambda <= 1.0:
             raise bad("sabr_lambda", self.sabr_lambda, "must lie in (0, 1]")
-        for name in ("attack_steps", "attack_restarts"):
-            if getattr(self, name) < 1:
-                raise bad(name, getattr(self, name), "must be >= 1")
-        if self.attack_step_ratio is not None and not self.attack_step_ratio > 0:
-            raise bad("attack_step_ratio", self.attack_step_ratio, "must be > 0 (or unset)")
+        check_attack_settings(self)
 
 
 def small_box(x: Tensor, x_adv: Tensor, eps: Tensor, lam: float) -> tuple[Tensor, Tensor]:
@@ -95,18 +90,8 @@ class SABRLoss(LossBase):
     def box(self, model, x: Tensor, y: Tensor, eps: Tensor, ctx: BoundContext) -> tuple[Tensor, Tensor]:
         """The small box around the PGD point of the eps-box (the attack sees the clean batch's
         BatchNorm maps as constants)."""
-        p = self.params
-        x_adv = pgd_attack(
-            model,
-            x,
-            y,
-            eps,
-            steps=p.attack_steps,
-            restarts=p.attack_restarts,
-            step_size=p.attack_step_ratio,
-            forward=with_batch_stats(model, ctx, detach=True),
-        )
-        return small_box(x, x_adv, eps, p.sabr_lambda)
+        x_adv = attack_point(model, x, y, eps, ctx, self.params)
+        return small_box(x, x_adv, eps, self.params.sabr_lambda)
 
 
 @register_method("sabr", SABRParams)
