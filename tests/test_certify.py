@@ -55,16 +55,7 @@ def test_linear_classifier_radius_matches_closed_form(method):
 
 
 def test_no_pgd_attack_succeeds_below_the_certified_radius():
-    torch.manual_seed(0)
-    net = build_model("cnn_tiny", input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.3,))
-    # non-trivial BatchNorm statistics, then eval mode
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(64, 1, 8, 8))
-    net.eval()
-    x = torch.rand(40, 1, 8, 8)
-    with torch.no_grad():
-        y = net(x).argmax(1)
+    net, x, y = _tiny_cnn_batch()
     for method in ("ibp", "crown-ibp"):
         radii, _ = certified_radii(net, x, y, eps_cap=0.5, method=method)
         assert (radii > 0).sum() > 10  # the test is not vacuous
@@ -157,6 +148,8 @@ def test_certify_cli_bad_input_exits_2(tmp_path, capsys):
 
 
 def _tiny_cnn_batch():
+    """A small CNN with non-trivial BatchNorm statistics, in eval mode, and 40 inputs labelled
+    by its own predictions."""
     torch.manual_seed(0)
     net = build_model("cnn_tiny", input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.3,))
     net.train()
