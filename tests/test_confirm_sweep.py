@@ -44,13 +44,18 @@ def make_tracker(cfg):
     return tracker
 
 
-def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session, tmp_path):
-    cfg = SweepConfig(
+def lucky_config(tmp_path, name: str) -> SweepConfig:
+    """One target, the lucky stand-in, two retrains per candidate and two candidates at most."""
+    return SweepConfig(
         dataset="synthetic", accs=(0.7,), methods=("lucky-ibp",), plugins=("tests.lucky_method",),
-        trials=2, epochs=2, name="confirm", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
+        trials=2, epochs=2, name=name, storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
         test_samples=64, threads=1, scheduler="none", max_failures=0, confirm_seeds=2, confirm_candidates=2,
     )  # fmt: skip
+
+
+def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session, tmp_path):
+    cfg = lucky_config(tmp_path, "confirm")
     # the lucky config wins the search (larger validation ACR), the steady one is second
     pools = {"lucky-ibp": [candidate("steady", 0.05, False), candidate("lucky", 0.09, True)]}
     tracker = make_tracker(cfg)
@@ -146,12 +151,7 @@ def test_a_sweep_with_confirm_seeds_reports_confirmed_means_in_its_frontier(ray_
 def test_a_stage_interrupted_between_rounds_resumes_without_retraining(ray_session, tmp_path, monkeypatch):
     import orchestrator.confirm_tune as ct
 
-    cfg = SweepConfig(
-        dataset="synthetic", accs=(0.7,), methods=("lucky-ibp",), plugins=("tests.lucky_method",),
-        trials=2, epochs=2, name="interrupted", storage=str(tmp_path / "sweeps"), data_dir=str(tmp_path / "data"),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", synthetic_size=512, val_acr_samples=64,
-        test_samples=64, threads=1, scheduler="none", max_failures=0, confirm_seeds=2, confirm_candidates=2,
-    )  # fmt: skip
+    cfg = lucky_config(tmp_path, "interrupted")
     pools = {"lucky-ibp": [candidate("steady", 0.05, False), candidate("lucky", 0.09, True)]}
     tracker = make_tracker(cfg)
     ray_session.write_text("")
