@@ -214,11 +214,10 @@ def test_one_row_relu_step_matches_the_composed_step(compiled, monkeypatch):
 
 
 def _crown_ibp_step(model, x, y, step: int, **params):
-    from trainers.config import TrainConfig
+    from tests.test_mtl_ibp import config
     from trainers.methods import build_method
 
-    base = {"epochs": 4, "std_epochs": 1, "ramp_epochs": 2, "max_eps": 0.05, "kappa": 0.25, "reg_weight": 0.5}
-    cfg = TrainConfig.from_dict({"dataset": "synthetic", "method": "crown-ibp", **base, **params})
+    cfg = config("crown-ibp", kappa=0.25, reg_weight=0.5, **params)
     return build_method(cfg, steps_per_epoch=2).step(model, x, y, step)
 
 

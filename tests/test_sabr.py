@@ -11,6 +11,7 @@ import torch
 
 from tests.test_bounds import ATOL, pgd_min_margin, sample_box, true_margins
 from tests.test_models import small_model
+from tests.test_mtl_ibp import config as mtl_ibp_config
 from trainers.bounds.engine import input_box
 from trainers.certify import certified_radii
 from trainers.config import ConfigError, TrainConfig
@@ -22,8 +23,7 @@ SHAPE, K = (3, 8, 8), 5
 
 
 def config(method: str = "sabr", **kw) -> TrainConfig:
-    base = {"epochs": 4, "std_epochs": 1, "ramp_epochs": 2, "max_eps": 0.05, "kappa": 0.0, "reg_weight": 0.0}
-    return TrainConfig.from_dict({"dataset": "synthetic", "method": method, **base, **kw})
+    return mtl_ibp_config(method, **kw)  # the same short schedule as MTL-IBP's tests
 
 
 def data(n: int = 6):
