@@ -54,6 +54,8 @@ from .translate import (
     sweep_argv,
 )
 
+SUBMIT_ATTEMPTS = 12  # the submitter Job's tries at a head that refuses the submission
+
 NODE_PORT_FLAGS = (
     "--node-manager-port",
     "--object-manager-port",
@@ -377,13 +379,20 @@ class Rehearsal:
 
     def submit(self, submission_id: str) -> tuple[str, ps.LogWatch]:
         """The submitter Job's command (KubeRay, K8sJobMode): submit unless the head knows the
-        job already, then follow its logs. Returns (pod, its log)."""
+        job already, then follow its logs. Returns (pod, its log).
+
+        A submission the head refuses (a restarted head whose dashboard agent has not registered
+        yet: "No available agent to submit job") is tried again, up to ``SUBMIT_ATTEMPTS``
+        times, as Kubernetes retries the failed submitter Job (its ``backoffLimit``)."""
         ray = shlex.quote(str(Path(sys.executable).parent / "ray"))
         address = shlex.quote(self.dashboard)
         entrypoint = shlex.join(self.sweep_command())
+        submit = (
+            f"{ray} job submit --address {address} --no-wait --submission-id {submission_id} -- {entrypoint}"
+        )
         script = (
-            f"if ! {ray} job status --address {address} {submission_id} >/dev/null 2>&1 ; "
-            f"then {ray} job submit --address {address} --no-wait --submission-id {submission_id} -- {entrypoint} ; "
+            f"if ! {ray} job status --address {address} {submission_id} >/dev/null 2>&1 ; then "
+            f"for attempt in $(seq {SUBMIT_ATTEMPTS}) ; do {submit} && break ; sleep 5 ; done ; "
             f"fi ; {ray} job logs --address {address} --follow {submission_id}"
         )
         pod = self.new_pod("submitter")
