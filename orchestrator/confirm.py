@@ -182,16 +182,36 @@ def run_confirm(
     return targets
 
 
-def confirm_stage(cfg: SweepConfig, results: dict[str, Any], tracker: Any) -> Any:
+@dataclass
+class ConfirmOutcome:
+    """What the confirm stage gives the frontier: which trial a row reports, and its fields."""
+
+    targets: list[TargetConfirmation]
+
+    def winner(self, method: str, target: float, pool: list[TrialPoint]) -> TrialPoint | None:
+        """The row's trial: the confirmed candidate where one is, else the search's winner (its
+        row then says "not confirmed"). A confirmed candidate that is not the search's winner
+        replaces it everywhere: its test figures, the registered model, the winner tag."""
+        tc = next((t for t in self.targets if (t.method, t.target) == (method, target)), None)
+        a = tc.confirmed if tc is not None else None
+        if a is not None:
+            chosen = next((p for p in pool if p.trial_id == a.trial_id), None)
+            if chosen is not None:
+                return chosen
+        return select_winner(pool, target)
+
+    def extend_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from orchestrator.confirm_report import extend_rows
+
+        return extend_rows(rows, self.targets)
+
+
+def confirm_stage(cfg: SweepConfig, results: dict[str, Any], tracker: Any) -> ConfirmOutcome | None:
     """The sweep's stage (``--confirm-seeds K`` > 0) over its searches' ``results`` (method ->
-    ``evaluation.MethodResults``): returns what adds its fields to the frontier rows (rows ->
-    rows, ``confirm_report.extend_rows``), or None when the stage is off."""
+    ``evaluation.MethodResults``), or None when the stage is off."""
     if not cfg.confirm_seeds:
         return None
-    from orchestrator.confirm_report import extend_rows
-
-    targets = run_confirm(cfg, candidate_pools(results), tracker)
-    return lambda rows: extend_rows(rows, targets)
+    return ConfirmOutcome(run_confirm(cfg, candidate_pools(results), tracker))
 
 
 def say(tc: TargetConfirmation, a: Attempt) -> None:

@@ -204,14 +204,35 @@ def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> 
     return {t: cache[t] for t in winners}
 
 
+def search_winner(method: str, target: float, pool: list[TrialPoint]) -> TrialPoint | None:
+    """A target's winner among a method's trials with a checkpoint (``pool``): the search's pick."""
+    return select_winner(pool, target)
+
+
+def winners_of(cfg: SweepConfig, results: dict[str, MethodResults], pick: Any = search_winner):
+    """(method, target) -> the trial its frontier row reports (None: infeasible); ``pick`` is
+    ``search_winner`` or the confirm stage's ``ConfirmOutcome.winner``."""
+    out = {}
+    for method, res in results.items():
+        pool = [p for p in res.points if p.trial_id in res.checkpoints]
+        for target in cfg.accs:
+            out[(method, target)] = pick(method, target, pool)
+    return out
+
+
 def frontier_rows(
-    cfg: SweepConfig, results: dict[str, MethodResults], tests: dict[str, dict], run_ids: dict[str, str]
+    cfg: SweepConfig,
+    results: dict[str, MethodResults],
+    tests: dict[str, dict],
+    run_ids: dict[str, str],
+    pick: Any = search_winner,
 ) -> list[dict[str, Any]]:
     """One row per (method, target): the winner's validation and test figures, or 'infeasible'."""
     rows = []
+    chosen = winners_of(cfg, results, pick)
     for method, res in results.items():
         for target in cfg.accs:
-            w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
+            w = chosen[(method, target)]
             row: dict[str, Any] = {
                 "dataset": cfg.dataset,
                 "method": method,
@@ -237,6 +258,9 @@ def frontier_rows(
             # the epoch its figures are of (its full budget: stopped trials never win)
             if w.epoch is not None:
                 row[M.EPOCH] = w.epoch
+            first = search_winner(method, target, [p for p in res.points if p.trial_id in res.checkpoints])
+            if first is not None and first.trial_id != w.trial_id:
+                row["search_winner_trial_id"] = first.trial_id  # replaced by a confirmed candidate
             rows.append(row)
     return rows
 
@@ -329,21 +353,22 @@ def register_winners(
 
 
 def publish_frontier(
-    cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any, extend_rows: Any = None
+    cfg: SweepConfig, results: dict[str, MethodResults], tracker: Any, confirmed: Any = None
 ) -> list[dict[str, Any]]:
     """Test-evaluate the winners and write frontier.{csv,json,png,html} to the parent run;
-    ``extend_rows`` (rows -> rows) adds the confirm stage's fields before they are written."""
-    winners = {}
-    for res in results.values():
-        for target in cfg.accs:
-            w = select_winner([p for p in res.points if p.trial_id in res.checkpoints], target)
-            if w is not None:
-                winners[w.trial_id] = (res.checkpoints[w.trial_id], w.config)
+    ``confirmed`` (the confirm stage's ``ConfirmOutcome``, None when it is off) picks each
+    row's trial and adds the stage's fields before they are written."""
+    pick = confirmed.winner if confirmed is not None else search_winner
+    winners = {
+        w.trial_id: (results[m].checkpoints[w.trial_id], w.config)
+        for (m, _), w in winners_of(cfg, results, pick).items()
+        if w is not None
+    }
     tests = evaluate_winners(cfg, winners)
     # The rows name each winner's MLflow run and registered model: the record must be complete.
     tracker.require_server(cfg.tracking_wait, "publishing the frontier")
     try:
-        rows = _record_frontier(cfg, results, tests, tracker, extend_rows)
+        rows = _record_frontier(cfg, results, tests, tracker, confirmed)
     except Exception as e:
         from orchestrator.tracking.server import TrackingUnavailable, is_unavailable
 
@@ -360,14 +385,15 @@ def _record_frontier(
     results: dict[str, MethodResults],
     tests: dict[str, dict],
     tracker: Any,
-    extend_rows: Any = None,
+    confirmed: Any = None,
 ) -> list[dict[str, Any]]:
     from orchestrator.plots import Panel, write_html, write_png
 
     run_ids = {p.trial_id: tracker.trial_run_id(p.trial_id) for r in results.values() for p in r.points}
-    rows = frontier_rows(cfg, results, tests, run_ids)
-    if extend_rows is not None:
-        rows = extend_rows(rows)
+    if confirmed is None:
+        rows = frontier_rows(cfg, results, tests, run_ids)
+    else:
+        rows = confirmed.extend_rows(frontier_rows(cfg, results, tests, run_ids, confirmed.winner))
     if cfg.register_models:
         register_winners(cfg, rows, results, tracker)
     for row in rows:  # the winner's child run says what it won and how it did on test

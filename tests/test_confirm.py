@@ -115,3 +115,40 @@ def test_a_failed_retrain_leaves_the_candidate_unconfirmed_and_shared_retrains_r
     judge(both[0].attempts[0], todo, 0.5)
     assert both[0].attempts[0].status == NOT_CONFIRMED and "failed" in both[0].attempts[0].reason
     assert not both[0].open  # its only candidate is spent
+
+
+def test_a_confirmed_second_candidate_becomes_the_rows_winner():
+    """When the search's winner is not confirmed and the next candidate is, the frontier row
+    reports that candidate (its test figures, and so its registered model), names the search's
+    winner it replaced, and the confirm fields agree with the row's trial."""
+    from types import SimpleNamespace
+
+    from orchestrator.confirm import Attempt, ConfirmOutcome
+    from orchestrator.evaluation import frontier_rows
+
+    cfg = SweepConfig(dataset="synthetic", accs=(0.7, 0.8), epochs=2, name="t")
+    lucky, steady = pt("lucky", 0.85, 0.3), pt("steady", 0.75, 0.2)
+    res = SimpleNamespace(points=[lucky, steady], checkpoints={"lucky": "ck-l", "steady": "ck-s"})
+    seeds = {f"confirm-ibp-{t}-s{s}": Retrain(f"confirm-ibp-{t}-s{s}", "ibp", t, s, {}) for t in ("lucky", "steady") for s in (1, 2)}  # fmt: skip
+    for key, r in seeds.items():
+        r.failed, r.val_acr = False, 0.2
+        r.val_acc = 0.5 if "lucky" in key else 0.76
+        r.test = {"test_acc": r.val_acc, "test_acr": 0.2}
+    at_07 = TargetConfirmation("ibp", 0.7, [lucky, steady], retrains=seeds)
+    for t in ("lucky", "steady"):
+        at_07.attempts.append(Attempt(t, len(at_07.attempts) + 1, [k for k in seeds if f"-{t}-" in k]))
+        judge(at_07.attempts[-1], seeds, 0.7)
+    at_08 = TargetConfirmation("ibp", 0.8, [lucky], retrains=seeds)  # its only candidate fails
+    at_08.attempts.append(Attempt("lucky", 1, [k for k in seeds if "-lucky-" in k]))
+    judge(at_08.attempts[-1], seeds, 0.8)
+    outcome = ConfirmOutcome([at_07, at_08])
+
+    assert outcome.winner("ibp", 0.7, res.points).trial_id == "steady"
+    assert outcome.winner("ibp", 0.8, res.points).trial_id == "lucky"  # unconfirmed: the search's
+    tests = {"lucky": {"test_acc": 0.84, "test_acr": 0.29}, "steady": {"test_acc": 0.74, "test_acr": 0.19}}
+    rows = outcome.extend_rows(frontier_rows(cfg, {"ibp": res}, tests, {}, outcome.winner))
+    r07, r08 = rows
+    assert (r07["trial_id"], r07["test_acc"], r07["search_winner_trial_id"]) == ("steady", 0.74, "lucky")
+    assert r07["confirm_status"] == CONFIRMED and r07["confirm_trial_id"] == "steady"
+    assert (r08["trial_id"], r08["confirm_status"]) == ("lucky", NOT_CONFIRMED)
+    assert "search_winner_trial_id" not in r08
