@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import SweepConfig
+from orchestrator.killpoints import kill_point
 from orchestrator.pareto import TrialPoint, select_winner
 from trainers import metrics as M
 
@@ -173,6 +174,7 @@ def run_confirm(
         todo = next_round(cfg, targets, retrains)
         if todo:
             retrains.update(run_round(cfg, rnd, todo))
+            kill_point("after-confirm-round")
         for tc in targets:
             if tc.attempts and not tc.attempts[-1].status:
                 judge(tc.attempts[-1], retrains, tc.target)

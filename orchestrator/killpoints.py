@@ -6,6 +6,8 @@ nothing. The points mark the steps of the sweep's closing work that a resume mus
 exactly once (see tests/test_sweep_resume.py):
 
 - ``after-trials``: every search finished, nothing evaluated on the test set yet;
+- ``after-confirm-round``: a round of the confirm stage trained, its retrains not yet certified
+  or recorded;
 - ``after-model-upload``: a winner's model uploaded to MLflow, not yet registered;
 - ``before-frontier-files``: winners evaluated and registered, frontier files not yet logged.
 """
@@ -17,7 +19,7 @@ import signal
 import sys
 
 ENV = "ACERT_KILL_AT"
-POINTS = ("after-trials", "after-model-upload", "before-frontier-files")
+POINTS = ("after-trials", "after-confirm-round", "after-model-upload", "before-frontier-files")
 
 
 def kill_point(name: str) -> None:

@@ -257,3 +257,37 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
         assert steps == sorted(set(steps)) and steps[-1] == 8, "an epoch lost or logged twice"
     frontier = json.loads((sweep / "frontier.json").read_text())
     assert {r["method"] for r in frontier} == {GATED, "ibp"}
+
+
+def test_a_driver_killed_in_the_confirm_stage_resumes_without_retraining(tmp_path):
+    """SIGKILL after a confirm round trained, before its retrains were certified or recorded:
+    --resume restores the round from its Tune experiment (no retrain trains again, no search
+    trial either) and records each retrain once."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    builds = tmp_path / "builds.txt"  # one line per training run (tests/lucky_method.py)
+    env = {**os.environ, "PYTHONPATH": REPO, "LUCKY_BUILD_LOG": str(builds)}
+    argv = ["--dataset", "synthetic", "--accs", "0.3", "--methods", "lucky-ibp", "--plugins",
+            "tests.lucky_method", "--trials", "2", "--epochs", "2", "--name", "k4", "--synthetic-size",
+            "512", "--val-acr-samples", "50", "--test-samples", "50", "--max-concurrent", "2", "--threads",
+            "1", "--scheduler", "none", "--no-register", "--fixed", "lucky=false,lr=0.01",
+            "--confirm-seeds", "2", "--confirm-candidates", "1", "--tracking-uri", uri]  # fmt: skip
+    out = run_driver(argv, tmp_path, env, "after-confirm-round")
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert "[kill point] after-confirm-round" in out.stderr
+    trained = sorted(builds.read_text().splitlines())
+    assert trained == ["False 1", "False 2", "False None", "False None"]  # 2 search trials, 2 retrains
+
+    out = run_driver(["--resume", "k4", "--tracking-uri", uri], tmp_path, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[confirm] restoring" in out.stdout
+    assert sorted(builds.read_text().splitlines()) == trained
+
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name("acert-sweep-synthetic")
+    runs = c.search_runs([exp.experiment_id], "tags.`sweep.role` = 'confirm'")
+    assert sorted(r.data.tags["confirm.seed"] for r in runs) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" and "test_acr" in r.data.metrics for r in runs)
+    (row,) = json.loads((tmp_path / "sweeps" / "k4" / "frontier.json").read_text())
+    assert row["confirm_status"] == "confirmed" and row["confirm_seeds"] == [1, 2]
