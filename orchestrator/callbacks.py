@@ -14,6 +14,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.config import SweepConfig
+from orchestrator.convergence import convergence_metrics
 from orchestrator.pareto import TrialPoint, satisfied_targets, select_winner
 from orchestrator.searcher import measured
 from orchestrator.tracking import SweepTracker, result_metrics
@@ -60,9 +61,10 @@ def trial_point(trial: Any, method: str, epochs: int | None = None) -> TrialPoin
 
 class MlflowTrialCallback(Callback):
     """A nested child run per trial: its whole training config (``SweepConfig.trial``) and the
-    searcher's keys (target) as params, per-epoch metrics, status and satisfied targets. Writes go
-    through the tracker's journal, so an MLflow outage never raises here (an exception in a Tune
-    callback would end the experiment)."""
+    searcher's keys (target) as params, per-epoch metrics, status and satisfied targets; and after
+    each trial ends, the search's convergence on the parent run (``orchestrator.convergence``).
+    Writes go through the tracker's journal, so an MLflow outage never raises here (an exception
+    in a Tune callback would end the experiment)."""
 
     def __init__(self, tracker: SweepTracker, method: str, sweep: SweepConfig) -> None:
         self.tracker, self.method, self.sweep = tracker, method, sweep
@@ -102,18 +104,28 @@ class MlflowTrialCallback(Callback):
                 targets=[],
                 ended=ended,
             )
-            return
-        if m is None:  # finished without a usable measurement (e.g. NaN validation ACR)
+        elif m is None:  # finished without a usable measurement (e.g. NaN validation ACR)
             self.tracker.end_trial(
                 trial_id, status="FAILED", reason="no finite val_acc/val_acr reported", targets=[]
             )
-            return
-        self.tracker.end_trial(
-            trial_id,
-            status="FINISHED",
-            targets=satisfied_targets(m[0], self.targets),
-            stopped_early=self._stopped_early(trial),
-        )
+        else:
+            self.tracker.end_trial(
+                trial_id,
+                status="FINISHED",
+                targets=satisfied_targets(m[0], self.targets),
+                stopped_early=self._stopped_early(trial),
+            )
+        self._log_convergence(trials, trial)
+
+    def _log_convergence(self, trials: list, trial: Any) -> None:
+        """The parent run's convergence metrics at step = this method's trials ended so far
+        (Tune's list holds the trials a restored experiment finished before, too)."""
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        if trial.trial_id not in {t.trial_id for t in ended}:  # Tune may not have set its status yet
+            ended.append(trial)
+        points = [trial_point(t, self.method, self.sweep.epochs) for t in ended]
+        metrics = convergence_metrics(self.method, points, self.targets)
+        self.tracker.log_parent_metrics(metrics, step=len(points))
 
     def _stopped_early(self, trial: Any) -> bool:
         """Ray marks a stopped trial's last result ``done`` too: compare epochs instead."""
@@ -125,6 +137,7 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         self.tracker.end_trial(self._run(trial), status="FAILED", reason=failure_reason(trial), targets=[])
+        self._log_convergence(trials, trial)
 
 
 class ProgressCallback(Callback):

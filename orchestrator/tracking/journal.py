@@ -61,6 +61,7 @@ class JournalState:
     parent: bool = False
     parent_status: str = ""
     trials: dict[str, TrialState] = field(default_factory=dict)
+    parent_steps: dict[str, int] = field(default_factory=dict)  # parent metric -> last step logged
 
     def apply(self, entry: dict[str, Any]) -> None:
         op, run = entry["op"], entry.get("run", "")
@@ -72,6 +73,9 @@ class JournalState:
             t = self.trials.get(run.removeprefix("trial:"))
             if t is not None:
                 t.last_step = max(t.last_step, int(entry["step"]))
+        elif op == "metrics" and run == "parent":
+            for key in entry["metrics"]:
+                self.parent_steps[key] = max(self.parent_steps.get(key, -1), int(entry["step"]))
         elif op == "status":
             if run == "parent":
                 self.parent_status = entry["status"]

@@ -16,6 +16,7 @@ one process writes one journal.
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 import time
@@ -190,6 +191,19 @@ class SweepTracker:
     def log_trial_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
         clean = {metric_key(k): float(v) for k, v in metrics.items() if abs(float(v)) != float("inf")}
         self._write({"op": "metrics", "run": f"trial:{trial_id}", "metrics": clean, "step": int(step)})
+
+    def log_parent_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Step metrics of the parent run (the convergence of the search). A key already logged
+        at this step or a later one is skipped: a driver resumed after a kill finishes again
+        the trials Tune had not saved as finished, and counts them at steps it logged before."""
+        logged = self.journal.state.parent_steps
+        fresh = {
+            metric_key(k): float(v)
+            for k, v in metrics.items()
+            if logged.get(metric_key(k), -1) < step and math.isfinite(float(v))
+        }
+        if fresh:
+            self._write({"op": "metrics", "run": "parent", "metrics": fresh, "step": int(step)})
 
     def tag_trial(self, trial_id: str, tags: dict[str, str]) -> None:
         self._write({"op": "tags", "run": f"trial:{trial_id}", "tags": tags})
