@@ -5,7 +5,7 @@
 For each dataset and method it takes the newest finished sweep (or ``--sweep NAME``): its
 ``frontier.json`` artifact gives the winners' test figures, its child runs give every trial's
 validation point. Writes ``<out>.png`` and ``<out>.html`` (datasets side by side) and prints
-the table. Nothing is read from the Ray result folders, so it works from any machine that can
+the table, and the convergence of each search from its parent run's step metrics. Nothing is read from the Ray result folders, so it works from any machine that can
 reach the tracking server.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import default_tracking_uri
+from orchestrator.convergence import best_key, format_convergence, hypervolume_key, summary
 from orchestrator.pareto import TrialPoint
 from orchestrator.tracking.names import TAG_SWEEP, TAG_TRIAL
 from orchestrator.tracking.reads import (
@@ -72,8 +73,16 @@ def _points(client: Any, exp_id: str, sweep: str, method: str) -> list[TrialPoin
     return out
 
 
-def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | None, sweep: str | None):
-    """The Panel of one dataset: per method, the newest finished sweep that ran it."""
+def load_panel(
+    client: Any,
+    uri: str,
+    dataset: str,
+    methods: tuple[str, ...] | None,
+    sweep: str | None,
+    sources: dict[str, Any] | None = None,
+):
+    """The Panel of one dataset: per method, the newest finished sweep that ran it (its parent
+    run goes into ``sources``, by method, when given)."""
     from orchestrator.plots import Panel
 
     exp_id = experiment_id(client, dataset)
@@ -91,10 +100,29 @@ def load_panel(client: Any, uri: str, dataset: str, methods: tuple[str, ...] | N
             if method in points or (methods and method not in methods):
                 continue
             points[method] = _points(client, exp_id, parent.data.tags[TAG_SWEEP], method)
+            if sources is not None:
+                sources[method] = parent
             rows += [r for r in sweep_rows if r["method"] == method]
     if not rows:
         raise FrontierInputError(f"invalid --methods {','.join(methods or ())!r}: none found for {dataset}")
     return Panel(dataset, points, rows, tuple(sorted({float(r["target"]) for r in rows})))
+
+
+def convergence_rows(client: Any, panel: Any, sources: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method, the convergence of its search, from its sweep's parent-run step metrics
+    (``orchestrator.convergence``); a sweep recorded before them gives a row of ``-``."""
+    rows = []
+    for method, parent in sources.items():
+        targets = sorted({float(r["target"]) for r in panel.rows if r["method"] == method})
+        keys = [hypervolume_key(method), *(best_key(method, a) for a in targets)]
+        histories = {
+            k: [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, k)]
+            for k in keys
+            if k in parent.data.metrics
+        }
+        row = summary(method, targets, histories)
+        rows.append({"dataset": panel.title, "sweep": parent.data.tags.get(TAG_SWEEP, ""), **row})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = _names("--methods", args.methods) if args.methods else None
         check_tracking_uri(uri)
         client = client_for(uri)
-        panels = [load_panel(client, uri, d, methods, args.sweep) for d in datasets]
+        sources = [{} for _ in datasets]
+        panels = [load_panel(client, uri, d, methods, args.sweep, src) for d, src in zip(datasets, sources)]
     except ConfigError as e:  # FrontierInputError, a bad flag, and the sweep's SweepInputError
         print(f"python -m orchestrator.frontier: error: {e}", file=sys.stderr)
         return 2
@@ -122,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     confirmed = format_confirmed([r for p in panels for r in p.rows])  # sweeps with --confirm-seeds
     if confirmed:
         print(f"\nconfirmed over seeds (mean ± 95 % half-width):\n{confirmed}")
+    convergence = [r for p, src in zip(panels, sources) for r in convergence_rows(client, p, src)]
+    print(
+        "\nconvergence (trials: finished trials; hypervolume of the validation front above the lowest"
+        " target; at which trial it reached 90 % of that; at which trial each target's best was found):\n"
+        + format_convergence(convergence)
+    )
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.html')}")
     return 0
 

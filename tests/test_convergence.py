@@ -165,3 +165,118 @@ def test_the_callback_logs_convergence_after_every_ended_trial(tmp_path):
         "best_val_acr/acert/0.5": [(1, 0.2), (2, 0.2), (3, 0.2)],
         "best_val_acr/acert/0.8": [(3, 0.1)],
     }
+
+
+# --- a short real sweep ------------------------------------------------------------------
+TARGETS = (0.5, 0.8)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    import ray
+
+    from orchestrator.cli import SweepConfig
+    from orchestrator.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("conv")
+    cfg = SweepConfig(
+        dataset="synthetic", accs=TARGETS, trials=4, epochs=3, name="conv", storage=str(tmp / "sweeps"),
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", data_dir=str(tmp / "data"), synthetic_size=1024,
+        val_acr_samples=64, test_samples=64, max_concurrent=2, max_failures=0, threads=1, scheduler="none",
+    )  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        rows = run_sweep(cfg)
+    finally:
+        ray.shutdown()
+    return cfg, rows, tmp
+
+
+def parent_and_trials(cfg):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking.reads import experiment_id, finished_parents, trial_runs_of
+
+    c = MlflowClient(tracking_uri=cfg.tracking_uri)
+    exp = experiment_id(c, cfg.dataset)
+    (parent,) = finished_parents(c, exp, cfg.name)
+    return c, parent, trial_runs_of(c, exp, cfg.name, "acert")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_parent_run_holds_the_convergence_per_finished_trial(finished_sweep):
+    cfg, rows, _ = finished_sweep
+    c, parent, trials = parent_and_trials(cfg)
+    hv = [(m.step, m.value) for m in c.get_metric_history(parent.info.run_id, "hypervolume/acert")]
+    assert sorted(s for s, _ in hv) == list(range(1, cfg.trials + 1))  # one point per ended trial
+    values = [v for _, v in sorted(hv)]
+    assert values == sorted(values)  # the front only grows
+    done = [r for r in trials if r.info.status == "FINISHED" and "ended" not in r.data.tags]
+    front = [(r.data.metrics["val_acc"], r.data.metrics["val_acr"]) for r in done]
+    assert values[-1] == pytest.approx(hypervolume_2d(front, (min(TARGETS), 0.0)), abs=1e-12)
+    for row in rows:
+        hist = c.get_metric_history(parent.info.run_id, f"best_val_acr/acert/{row['target']:g}")
+        if row["status"] != "ok":
+            assert not hist  # never logged while no trial meets the target
+            continue
+        steps = [m.step for m in hist]
+        assert steps == sorted(set(steps)) and set(steps) <= set(range(1, cfg.trials + 1))
+        assert max(hist, key=lambda m: m.step).value == pytest.approx(row["val_acr"])
+    assert rows[0]["status"] == "ok", "the seeded sweep has a trial that learns (val_acc 1.0 on this data)"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_frontier_prints_the_convergence_table(finished_sweep, capsys):
+    from orchestrator.frontier import main
+
+    cfg, rows, tmp = finished_sweep
+    args = ["--datasets", "synthetic", "--sweep", cfg.name, "--tracking-uri", cfg.tracking_uri]
+    assert main([*args, "--out", str(tmp / "fr")]) == 0
+    out = capsys.readouterr().out
+    table = out.split("convergence (")[1].splitlines()
+    head, line = table[1].split(), table[2].split()
+    assert head[:4] == ["dataset", "sweep", "method", "trials"]
+    assert line[:4] == ["synthetic", cfg.name, "acert", str(cfg.trials)]
+    c, parent, _ = parent_and_trials(cfg)
+    assert float(line[4]) == pytest.approx(parent.data.metrics["hypervolume/acert"], rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_optuna_dashboard_reads_the_sweeps_optuna_record(finished_sweep):
+    """What ``optuna-dashboard <sweep folder>/optuna.journal`` serves: its WSGI app on the
+    journal, asked for the studies and their trials as the browser asks."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna
+    from optuna_dashboard import wsgi
+
+    cfg, _, _ = finished_sweep
+    path = f"{cfg.storage}/{cfg.name}/optuna.journal"
+    app = wsgi(path)
+
+    def get(url):
+        env = {"PATH_INFO": url, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+        setup_testing_defaults(env)
+        status = []
+        body = b"".join(app(env, lambda s, h, *_: status.append(s)))
+        assert status[0].startswith("200"), (url, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    assert sorted(s["study_name"] for s in studies) == sorted(optuna.get_all_study_names(storage))
+    assert studies, "the sweep keeps its studies in optuna.journal"
+    seen = set()
+    for s in studies:
+        trials = get(f"/api/studies/{s['study_id']}")["trials"]
+        want = optuna.load_study(study_name=s["study_name"], storage=storage).get_trials(deepcopy=False)
+        assert len(trials) == len(want)
+        seen |= {t["user_attrs"][i]["value"] for t in trials for i in range(len(t["user_attrs"]))
+                 if t["user_attrs"][i]["key"] == "ray_trial_id"}  # fmt: skip
+    _, _, runs = parent_and_trials(cfg)
+    assert {r.data.tags["ray.trial_id"] for r in runs} <= seen
