@@ -54,6 +54,12 @@ def _searchable() -> tuple[str, ...]:
     return certified_methods()
 
 
+def _searches() -> tuple[str, ...]:
+    from orchestrator.search.studies import SEARCHES
+
+    return tuple(SEARCHES)
+
+
 def _protocols() -> tuple[str, ...]:
     from search_spaces import PROTOCOLS
 
@@ -75,6 +81,13 @@ class SweepConfig:
         "search protocol: tuned (every method searches its training radius cap, 1/8 to 2x the data set's "
         "radius, and kappa up to 0.99) or paper (the cap fixed at the data set's radius, kappa searched)",
         known=_protocols,
+    )
+    search: str = setting(
+        "targets",
+        "how trials are proposed: targets (one constrained Optuna TPE study per target accuracy, sharing "
+        "trials), pareto (one TPE study maximising accuracy and ACR, winners read off per target) or gp "
+        "(per-target constrained studies with Optuna's Gaussian-process sampler, seconds per suggestion)",
+        known=_searches,
     )
     epochs: int = same_as(
         TrainConfig,
@@ -200,6 +213,8 @@ class SweepConfig:
 
         if self.test_cert_method not in BOUND_METHODS:
             raise bad("--cert-method", self.test_cert_method, f"known: {', '.join(BOUND_METHODS.names())}")
+        if self.search not in _searches():
+            raise bad("--search", self.search, f"choose one of {', '.join(_searches())}")
         if self.protocol not in _protocols():
             raise bad("--protocol", self.protocol, f"choose one of {', '.join(_protocols())}")
         if self.scheduler not in SCHEDULERS:

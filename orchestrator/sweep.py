@@ -101,7 +101,8 @@ def check_studies(cfg: SweepConfig) -> None:
         n
         for n in names
         for m in cfg.methods
-        if n.startswith(f"{cfg.name}-{m}-acc") or n == f"{cfg.name}-{m}-pareto"  # searcher._study_name
+        # the study names of every --search option (orchestrator.search.studies, study_name)
+        if n.startswith(f"{cfg.name}-{m}-acc") or n == f"{cfg.name}-{m}-pareto"
     )
     if taken:
         raise SweepInputError(
@@ -218,6 +219,7 @@ def make_tuner(cfg: SweepConfig, method: str, tracker: Any, space: SearchSpace):
         study_prefix=f"{cfg.name}-{method}",
         storage=optuna_storage(cfg),
         seed=cfg.seed,
+        search=cfg.search,
     )
     scheduler = None
     if cfg.scheduler == "asha":

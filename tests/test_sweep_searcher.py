@@ -1,4 +1,5 @@
-"""TargetSearcher without Ray's runtime: target choice, sharing, outcomes, record, restore."""
+"""TargetSearcher without Ray's runtime: target choice, sharing, outcomes, record, restore,
+as the composed searcher (each part on its own: tests/test_search_parts.py)."""
 
 import math
 import pickle
@@ -7,7 +8,7 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from bench.search import stand_in
+from bench.search import fail_told_parts, stand_in
 from orchestrator.searcher import (
     CANCELLED,
     COMPLETE,
@@ -186,20 +187,13 @@ def test_sampler_learns_to_avoid_a_diverging_region():
     the worst trial, a diverged one moves TPE away; told as FAIL, TPE ignores it and keeps
     proposing diverging configs (the previous design)."""
 
-    class FailTold(TargetSearcher):
-        def _tell(self, rec, trial):
-            if rec.outcome != FAILED:
-                return super()._tell(rec, trial)
-            self._studies[rec.k].tell(trial, state=F)
-
-        def _shared_with(self, rec, j):
-            return rec.outcome != FAILED and super()._shared_with(rec, j)
-
     shares = {}
-    for name, cls in (("worst", TargetSearcher), ("fail", FailTold)):
+    for name in ("worst", "fail"):
         diverged = 0
         for seed in range(3):
-            s = cls(lr_space, CTX, (0.7,), 40, study_prefix="d", seed=seed)
+            s = TargetSearcher(
+                lr_space, CTX, (0.7,), 40, study_prefix="d", seed=seed, **fail_told_parts(name)
+            )
             for i in range(40):
                 cfg = s.suggest(f"t{i}")
                 acc, acr = lr_objective(cfg)
@@ -250,7 +244,7 @@ def test_checkpoint_holds_a_log_not_the_studies(tmp_path):
     s.save(str(tmp_path / "p.pkl"))
     with open(tmp_path / "p.pkl", "rb") as f:
         state = pickle.load(f)
-    assert "_studies" not in state and len(state["_records"]) == 30
+    assert "_studies" not in state and len(state["_log"].records) == 30
     r = TargetSearcher.__new__(TargetSearcher)
     r.restore(str(tmp_path / "p.pkl"))
     assert [len(st.trials) for st in r.studies] == [len(st.trials) for st in s.studies]
@@ -263,7 +257,7 @@ def test_storage_record_is_written_at_checkpoints_once(tmp_path, kind):
     cfgs = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
     for i in range(4):
         finish(s, f"t{i}", cfgs[f"t{i}"], 0.9, 0.1)
-    record = s._mirror_studies()
+    record = s.record.studies()
     assert sum(len(st.trials) for st in record) == 0  # nothing written between checkpoints
     s.save(str(tmp_path / "p.pkl"))
     assert sorted(t.user_attrs[RAY_ID] for st in record for t in st.trials) == ["t0", "t1", "t2", "t3"]
@@ -276,9 +270,9 @@ def test_storage_record_is_written_at_checkpoints_once(tmp_path, kind):
     finish(r, "t4", cfgs["t4"], 0.9, 0.1)  # Ray replays t4
     finish(r, "t5", cfgs["t5"], 0.9, 0.1)
     r.flush()
-    ids = [t.user_attrs.get(RAY_ID) for st in r._mirror_studies() for t in st.trials]
+    ids = [t.user_attrs.get(RAY_ID) for st in r.record.studies() for t in st.trials]
     assert sorted(i for i in ids if i) == ["t0", "t1", "t2", "t3", "t4", "t5"]  # each once
-    states = [t.state for st in r._mirror_studies() for t in st.trials]
+    states = [t.state for st in r.record.studies() for t in st.trials]
     assert optuna.trial.TrialState.RUNNING not in states  # the orphan was closed
 
 
@@ -287,18 +281,18 @@ def test_a_failed_write_to_the_record_is_retried_without_duplicates(tmp_path, mo
     cfgs = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}  # two per target
     for tid, cfg in cfgs.items():
         finish(s, tid, cfg, 0.9, 0.1)
-    record = s._mirror_studies()
+    record = s.record.studies()
     monkeypatch.setattr(record[1], "add_trials", lambda trials: (_ for _ in ()).throw(OSError("disk full")))
     s.save(str(tmp_path / "p.pkl"))  # logged, not raised: the sweep goes on
     assert len(record[0].trials) == 2 and len(record[1].trials) == 0
     monkeypatch.undo()
     s.save(str(tmp_path / "p.pkl"))
-    ids = sorted(t.user_attrs[RAY_ID] for st in s._mirror_studies() for t in st.trials)
+    ids = sorted(t.user_attrs[RAY_ID] for st in s.record.studies() for t in st.trials)
     assert ids == ["t0", "t1", "t2", "t3"]
 
 
 def test_pareto_mode_one_study_on_both_objectives(tmp_path):
-    s = make(budget=10, targets=(0.6, 0.8), pareto=True, storage=str(tmp_path / "optuna.journal"))
+    s = make(budget=10, targets=(0.6, 0.8), search="pareto", storage=str(tmp_path / "optuna.journal"))
     cfgs = {f"t{i}": s.suggest(f"t{i}") for i in range(6)}
     assert {c["target"] for c in cfgs.values()} == {0.6}  # the loosest: it counts for every target
     finish(s, "t0", cfgs["t0"], 0.85, 0.2)
@@ -317,7 +311,7 @@ def test_pareto_mode_one_study_on_both_objectives(tmp_path):
         (t.number, t.state, t.values) for t in study.trials
     ]
     assert r.suggest("t6") == s.suggest("t6")
-    (record,) = r._mirror_studies()
+    (record,) = r.record.studies()
     assert record.study_name == "s-pareto" and len(record.trials) == 4
 
 
