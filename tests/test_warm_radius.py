@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.bounds.engine import joint_ibp, other_classes
+from trainers.bounds.engine import ibp_margins_fn, joint_ibp, other_classes
 from trainers.config import TrainConfig
 from trainers.data import make_synthetic
 from trainers.methods import build_method
@@ -101,11 +101,13 @@ def test_warm_state_is_in_the_checkpoint_and_comes_back(tmp_path):
     final = run_training(cfg, output_dir=tmp_path, log=lambda s: None)
     assert final["mean_radius"] > 0
     state = torch.load(tmp_path / "state.pt", weights_only=False)
-    r = state["method"]["r_est"]
+    r, censored = state["method"]["r_est"], state["method"]["censored"]
     assert r.shape[0] > 0 and torch.isfinite(r).sum() > 0 and float(r.nan_to_num(0).max()) > 0
+    assert censored.shape == r.shape and censored.dtype == torch.bool
     m = build_method(cfg, steps_per_epoch=1)
     m.load_state_dict(state["method"])
     assert torch.equal(m.radius.r_est.nan_to_num(-1), r.nan_to_num(-1))
+    assert torch.equal(m.radius.censored, censored)
 
 
 def test_overshoot_trains_above_the_estimate_and_the_bound_brings_it_back():
@@ -148,7 +150,7 @@ def test_slope_mode_estimates_newly_correct_samples_without_a_bound_pass():
     calls = counter.calls
     assert calls > 0
     new = (exact > 0) & (torch.arange(len(y)) % 4 == 0)
-    m.radius.r_est[new] = 0.0  # as if misclassified at the last visit
+    m.radius.r_est[new], m.radius.censored[new] = 0.0, False  # as if misclassified at the last visit
     m.step(model, x, y, 5, idx=idx)
     assert counter.calls == calls  # no bound evaluation beyond the loss's pass
     guess = m.radius.r_est[new]
@@ -190,31 +192,54 @@ def test_flipped_modes_clean_by_default_or_the_bound_at_the_estimate():
             assert torch.equal(out[mode][wrong], clean[wrong]) and torch.equal(out[mode][~wrong], lb[~wrong])
 
 
-def test_a_sample_certified_at_the_cap_trains_at_the_next_cap():
-    """``warm_at_cap`` (the default): during the ramp a sample certified at eps_max(t) is trained
-    at the next visit's (larger) cap, as the exact solver does while the sample stays certified
-    there; without it the secant's estimate from the smaller cap is used, which trails."""
+def recording(sizes: list[int]):
+    """A bound factory whose functions record how many samples each evaluation bounds."""
+
+    def factory(*args, **kwargs):
+        f = ibp_margins_fn(*args, **kwargs)
+
+        def bound(idx, eps):
+            sizes.append(idx.numel())
+            return f(idx, eps)
+
+        return bound
+
+    return factory
+
+
+def test_a_sample_certified_at_a_cap_that_grew_is_solved_again():
+    """``warm_at_cap`` (the default): a sample certified at the cap of its last visit has only a
+    lower bound of its radius (``censored``); when the cap has grown by its next visit, its
+    radius is solved exactly under the current model, for those samples only. Issue #11's rule
+    trained it at the new cap whatever its radius: far above it at large max_eps."""
     model, x, y = trained_mlp()
-    exact = adaptive_radii(model, x, y, 0.1, iters=40, rel_tol=1e-6)
     idx = torch.arange(len(y))
-    capped = exact >= 0.02 * (1 + 1e-3)
-    assert capped.sum() > 10
-    eps2 = {}
-    for at_cap in (True, False):
-        m = warm_method(warm_at_cap=at_cap)
-        radius_pass(m.radius, model, x, y, idx, 0.02)  # first sight, cap 0.02: solved exactly
-        eps2[at_cap] = m.radius(model, x, y, 0.05, idx=idx)  # the next visit, cap 0.05
-        if at_cap:
-            assert torch.equal(m.radius.r_est[capped], torch.full((int(capped.sum()),), 0.1))
-    assert torch.allclose(eps2[True][capped], torch.full((int(capped.sum()),), 0.05))
-    assert bool((eps2[False][capped] <= eps2[True][capped] + 1e-7).all())
-    # on this fixed model the radii did not grow: where the true radius lies between the two
-    # caps, the sample is trained above it once, and the bound of that pass brings it down
-    between = capped & (exact < 0.05 * (1 - 1e-3))
-    assert between.sum() > 0
-    m = warm_method()
-    m.radius(model, x, y, 0.02, idx=idx)
-    for cap in (0.02, 0.05):
-        radius_pass(m.radius, model, x, y, idx, cap)
-    rel = (m.radius.r_est[between] - exact[between]).abs() / exact[between]
-    assert float(rel.median()) < 0.02, float(rel.median())
+    sizes: list[int] = []
+    cfg = TrainConfig.from_dict({"method": "acert", "radius_solver": "warm", "epochs": 2, "std_epochs": 0,
+                                 "ramp_epochs": 0, "max_eps": 0.1, "reg_weight": 0.0})  # fmt: skip
+    r = build_method(cfg, steps_per_epoch=1, bound_factory=recording(sizes)).radius
+    radius_pass(r, model, x, y, idx, 0.02)  # first sight, cap 0.02: solved exactly
+    solved = adaptive_radii(model, x, y, 0.02, iters=10, rel_tol=1e-4)  # the policy's settings
+    censored = r.censored.clone()
+    assert int(censored.sum()) > 10 and torch.equal(censored, solved >= 0.02)
+    assert torch.equal(r.r_est[censored], torch.full((int(censored.sum()),), 0.02))
+    estimates = r.r_est.clone()
+    sizes.clear()
+    eps = r(model, x, y, 0.05, idx=idx)  # the next visit, cap 0.05
+    exact = adaptive_radii(model, x, y, 0.05, iters=10, rel_tol=1e-4)
+    assert sizes and sizes[0] == int(censored.sum()) and max(sizes) <= sizes[0]  # those samples only
+    assert torch.allclose(eps[censored], exact[censored], rtol=0, atol=1e-6)
+    between = censored & (exact < 0.05 * (1 - 1e-3))  # certified at 0.02, not at 0.05
+    assert int(between.sum()) > 0 and bool((eps[between] < 0.05 * (1 - 1e-3)).all())
+    assert torch.equal(eps[~censored], estimates[~censored].clamp(max=0.05))  # the others: no solve
+    radius_pass(r, model, x, y, idx, 0.05)
+    sizes.clear()
+    r(model, x, y, 0.05, idx=idx)  # the cap did not grow (after the ramp): nothing to solve
+    assert sizes == []
+    # without the rule the estimate is the secant's, extrapolated from the smaller cap
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "warm_at_cap": False})
+    r = build_method(cfg, steps_per_epoch=1, bound_factory=recording(sizes)).radius
+    radius_pass(r, model, x, y, idx, 0.02)
+    sizes.clear()
+    r(model, x, y, 0.05, idx=idx)
+    assert sizes == [] and not bool(r.censored.any())

@@ -69,9 +69,9 @@ class ACERTParams:
     )
     warm_at_cap: bool = setting(
         True,
-        "ACERT warm solver: a sample certified at the cap eps_max(t) trains at the next visit's cap "
-        "(as the exact solver does while it stays certified there; the bound brings it down if not) "
-        "instead of at the secant estimate",
+        "ACERT warm solver: a sample certified at the cap eps_max(t) is solved exactly at its next "
+        "visit if the cap has grown since (its radius is only known to exceed the old cap), instead "
+        "of trained at the secant's estimate from the smaller cap",
     )
 
     def __post_init__(self) -> None:

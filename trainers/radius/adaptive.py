@@ -86,60 +86,91 @@ class WarmRadius(RadiusBase):
 
     Each sample keeps an estimate r_i of its certified radius from the last time it was seen
     (a tensor over the training split, in the checkpoint). The batch trains at
-    eps_i = min((1 + warm_overshoot) r_i, eps_max(t)) in one joint clean + IBP pass, as IBP does:
-    no separate clean pass and no root solve. The loss's own pass then gives, for free, the clean
-    margin g(0) and the bound g(eps_i) of every sample, and r_i moves to the secant root
-    eps_i * g(0) / (g(0) - g(eps_i)): downwards (interpolation) where eps_i was not certified,
-    upwards (extrapolation, capped at max_eps) where it was. A sample certified at the cap
-    eps_max(t) itself is instead set to max_eps (``warm_at_cap``), so that its next visit trains
-    at the next cap, as the exact solver does while the sample stays certified there: during the
-    ramp the cap and the model's radii grow between two visits, and the secant's estimate from the
-    smaller cap trailed them (23 % less validation ACR without it, docs/benchmarks.md §2b).
-    Samples seen for the first time (the first epoch of the ramp) are solved exactly before the
-    step, as the exact solver does. A sample misclassified at its last visit and correct now
-    starts from its clean margin over the batch's median bound slope (``warm_new_radius=slope``;
-    ``solve`` solves those exactly). A misclassified sample's estimate is 0; one that was correct
-    at its last visit and is misclassified now trains at radius 0, on its clean margins, as the
-    paper and the exact solver do (``warm_flipped=clean``, the default, at the price of a backward
-    pass through the clean path); ``bound`` keeps its bound at the estimate instead.
+    eps_i = min((1 + warm_overshoot) r_i, eps_max(t)) in one joint clean + IBP pass, as IBP does.
+    The loss's own pass then gives, for free, the clean margin g(0) and the bound g(eps_i) of
+    every sample, and r_i moves to the secant root eps_i * g(0) / (g(0) - g(eps_i)): downwards
+    (interpolation) where eps_i was not certified, upwards (extrapolation, capped at max_eps)
+    where it was.
 
-    It was tuned and validated on Fashion-MNIST at max_eps 0.1 only: on MNIST at max_eps 0.4 it
-    trained 12-24 points less accurately than the exact solver (docs/benchmarks.md §2b).
+    A sample certified at the cap eps_max(t) itself has no root in sight: its estimate is only
+    a lower bound (``censored``, r_i = that cap). If the cap has grown by its next visit, that
+    visit solves its radius exactly under the current model before the step (``warm_at_cap``,
+    on those samples only), as samples seen for the first time are. During the ramp the cap and
+    the model's radii grow between two visits: the secant's estimate from the smaller cap trails
+    them (Fashion-MNIST, max_eps 0.1, second ramp epoch: mean training radius 0.009 against the
+    exact solver's 0.022), while training such a sample at the new cap whatever its radius (issue
+    #11's rule) trains far above it at large max_eps, where few samples stay certified at the next
+    cap (max_eps 0.4: 49 % of the samples at the cap, 12 % certified there, mean training radius
+    0.079 against 0.058; docs/benchmarks.md §2b). After the ramp the cap no longer grows and
+    nothing is solved.
+
+    A sample misclassified at its last visit and correct now starts from its clean margin over
+    the batch's median bound slope (``warm_new_radius=slope``; ``solve`` solves those exactly).
+    A misclassified sample's estimate is 0; one that was correct at its last visit and is
+    misclassified now trains at radius 0, on its clean margins, as the paper and the exact solver
+    do (``warm_flipped=clean``, the default, at the price of a backward pass through the clean
+    path); ``bound`` keeps its bound at the estimate instead.
+
     These radii are training targets, not certificates: certification always solves exactly.
     """
 
     def __init__(self, params: ACERTParams, max_eps: float, bound_factory=ibp_margins_fn) -> None:
         self.params, self.max_eps, self.bound_factory = params, max_eps, bound_factory
         self.r_est: Tensor | None = None  # NaN: no estimate yet
+        self.censored: Tensor | None = None  # r_est is the cap the sample was certified at
         self._exact = AdaptiveRadius(params, bound_factory)
 
-    def _estimates(self, idx: Tensor, like: Tensor) -> Tensor:
+    def _estimates(self, idx: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         need = int(idx.max()) + 1 if idx.numel() else 0
-        if self.r_est is None or self.r_est.device != like.device or len(self.r_est) < need:
+        stale = self.r_est is None or self.r_est.device != like.device or len(self.r_est) < need
+        if stale or self.censored is None or self.censored.shape != self.r_est.shape:
             grown = torch.full((max(need, 0),), float("nan"), dtype=like.dtype, device=like.device)
+            flags = torch.zeros(len(grown), dtype=torch.bool, device=like.device)
             if self.r_est is not None:
                 grown[: len(self.r_est)] = self.r_est.to(grown)
-            self.r_est = grown
-        return self.r_est[idx]
+            if self.censored is not None:
+                flags[: len(self.censored)] = self.censored.to(flags.device)
+            self.r_est, self.censored = grown, flags
+        return self.r_est[idx], self.censored[idx]
 
     def __call__(self, model, x, y, eps_t, *, clean=None, regularising=False, idx=None) -> Tensor:
         if idx is None:  # no sample identities: nothing to carry over, solve exactly
             return self._exact(model, x, y, eps_t, clean=clean, regularising=regularising)
-        r = self._estimates(idx, x)
-        first = torch.isnan(r)
-        if bool(first.any()):  # first sight (the first ramp epoch): solve exactly, as ACERT does
-            with torch.no_grad():
-                logits, ctx = clean_pass(model, x, update_stats=False)
-                solved = self._exact(model, x, y, eps_t, clean=(logits, ctx))
-            r = torch.where(first, solved, r)
-            self.r_est[idx] = r
+        r, censored = self._estimates(idx, x)
+        # first sight (the first ramp epoch), or certified at a cap that has grown since
+        todo = (torch.isnan(r) | (censored & (r < eps_t * (1 - 1e-6)))).nonzero().squeeze(1)
+        if todo.numel():
+            r = r.clone()
+            r[todo] = self._solve(model, x, y, todo, eps_t)
+            self.r_est[idx[todo]], self.censored[idx[todo]] = r[todo], False
         eps = (r * (1.0 + self.params.warm_overshoot)).clamp(0.0, eps_t)
         if self.params.min_eps > 0 and regularising:
             eps = eps.clamp(min=min(self.params.min_eps, eps_t))
         return eps
 
     @torch.no_grad()
+    def _solve(
+        self, model, x, y, todo: Tensor, eps_t: float, clean: tuple[Tensor, BoundContext] | None = None
+    ):
+        """Exact radii of the samples ``todo`` of the batch, capped at ``eps_t`` (BatchNorm: the
+        whole batch's statistics, as the exact solver and the loss's pass use)."""
+        logits, ctx = clean if clean is not None else clean_pass(model, x, update_stats=False)
+        others = other_classes(y[todo], logits.shape[1])
+        g0 = (logits[todo].gather(1, y[todo, None]) - logits[todo].gather(1, others)).min(1).values
+        bound = self.bound_factory(model, x[todo], y[todo], BoundContext(affines=dict(ctx.affines)))
+        p = self.params
+        return solve_radius(
+            lambda i, e: min_margin(bound(i, e)),
+            g0,
+            eps_t,
+            rel_tol=p.root_rel_tol,
+            abs_tol=eps_t * 1e-4,
+            max_iter=p.root_iters,
+        )
+
+    @torch.no_grad()
     def _update(self, model, x, y, idx, eps, eps_t, logits, lb, ctx) -> Tensor:
+        self._estimates(idx, x)  # the state exists (and is long enough) before it is written
         others = other_classes(y, logits.shape[1])
         g0 = (logits.gather(1, y[:, None]) - logits.gather(1, others)).min(1).values
         ge = min_margin(lb)
@@ -148,8 +179,8 @@ class WarmRadius(RadiusBase):
         known = correct & (eps > 0)
         drop = (g0 - ge).clamp(min=torch.finfo(g0.dtype).tiny)
         new = torch.where(known, eps * g0 / drop, new)
-        if self.params.warm_at_cap:  # certified at the cap: assume it still is at the next cap
-            new = torch.where(known & (ge > 0) & (eps >= eps_t), torch.full_like(new, self.max_eps), new)
+        censored = known & (ge > 0) & (eps >= eps_t) if self.params.warm_at_cap else torch.zeros_like(correct)
+        new = torch.where(censored, eps, new)  # certified at the cap: a lower bound, kept as such
         cold = (correct & ~known).nonzero().squeeze(1)
         if cold.numel() and self.params.warm_new_radius == "slope":
             slopes = (drop / eps)[known]  # margin lost per unit of radius, this batch
@@ -157,18 +188,9 @@ class WarmRadius(RadiusBase):
                 new[cold] = g0[cold] / slopes.median()
                 cold = cold[:0]
         if cold.numel():  # no estimate to start from: the exact solve, on these samples only
-            sub = BoundContext(affines=dict(ctx.affines))
-            bound = self.bound_factory(model, x[cold], y[cold], sub)
-            p = self.params
-            new[cold] = solve_radius(
-                lambda i, e: min_margin(bound(i, e)),
-                g0[cold],
-                eps_t,
-                rel_tol=p.root_rel_tol,
-                abs_tol=eps_t * 1e-4,
-                max_iter=p.root_iters,
-            )
+            new[cold] = self._solve(model, x, y, cold, eps_t, clean=(logits, ctx))
         self.r_est[idx] = new.clamp(0.0, self.max_eps)
+        self.censored[idx] = censored
         return correct
 
     def after_bounds(self, model, x, y, idx, eps, eps_t, logits, lb, ctx) -> Tensor:
@@ -182,8 +204,14 @@ class WarmRadius(RadiusBase):
         return torch.where(correct[:, None] | (eps[:, None] == 0), lb, clean_margins)
 
     def state_dict(self) -> dict:
-        return {} if self.r_est is None else {"r_est": self.r_est.detach().cpu()}
+        if self.r_est is None:
+            return {}
+        censored = (
+            self.censored if self.censored is not None else torch.zeros(len(self.r_est), dtype=torch.bool)
+        )
+        return {"r_est": self.r_est.detach().cpu(), "censored": censored.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         if "r_est" in state:
             self.r_est = state["r_est"].clone()
+            self.censored = state["censored"].clone() if "censored" in state else None
