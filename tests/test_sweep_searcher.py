@@ -8,7 +8,8 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from bench.search import fail_told_parts, stand_in
+from bench.search import stand_in
+from bench.search_parts import fail_told_parts
 from orchestrator.searcher import (
     CANCELLED,
     COMPLETE,
