@@ -18,8 +18,9 @@ TAG_TARGETS = "satisfied_targets"
 TAG_STOPPED_EARLY = "stopped_early"
 TAG_ENDED = "ended"  # diverged | timed_out: finished by the trainable with the worst figures
 PARENT_TAG = "mlflow.parentRunId"
-# MLflow 3.17's UI opens an experiment without this tag on the GenAI "Overview" (traces) page;
-# with it, on "Training runs", where a sweep's parent and trial runs are.
+# The experiment's kind for MLflow: a model-training experiment. MLflow 3.17's UI (3.18.0's too)
+# still opens a fresh browser on its GenAI view, a toggle kept in the browser's local storage;
+# README "Watching a sweep converge" says how to switch, tests/test_browser.py checks it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Ray bookkeeping and trial-config echoes: not measurements of the model.
