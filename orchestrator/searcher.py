@@ -25,7 +25,8 @@ through the constructor (the benchmark and the tests pass their own):
   (``min(ceil(0.1 n), 25)`` trials of the whole study). Warm-starting a study with every
   trial filled its good group with far-infeasible trials; adding every feasible trial grows
   the good group with trials far above a_j, whose ACR is capped by the tradeoff (over 24
-  seeds the lowest target needed 1.5x the trials; docs/benchmarks.md, section 5).
+  seeds the lowest target needed 1.5x the trials; docs/benchmarks.md, section 5). ``gp``
+  shares every finished trial: a GP has no good group, and more points model it better.
 * **Replay log** (:mod:`orchestrator.search.replay`): checkpoints pickle a compact log plus
   the samplers' states, not the studies; restoring replays the log into fresh in-memory
   studies, so a restored searcher suggests what the original would have. Trials asked after
@@ -120,7 +121,7 @@ class TargetSearcher(Searcher):
             raise ValueError(f"budget={budget!r} must be >= 1")
         self._kind = make_studies(search)
         self._policy = policy or NeediestTarget()
-        self._sharing = sharing or GoodGroupSharing()
+        self._sharing = sharing or self._kind.sharing()
         self._record = record or StorageRecord(storage)
         self._space, self._ctx, self._targets, self._budget = space, ctx, tuple(targets), budget
         self._objective, self._prefix = objective, study_prefix

@@ -242,3 +242,9 @@ def test_gp_search_suggests_and_resumes_exactly(tmp_path):
     r.restore(str(tmp_path / "g.pkl"))
     assert r.suggest("t7") == s.suggest("t7")  # past the 4 startup trials of each study: GP
     assert all(t.constraints for st in s.studies for t in st.trials if t.state == C)
+    # every finished trial in every study (ShareMeasured), the constraint per target
+    assert sorted(len(st.trials) for st in s.studies) == [7, 8]  # 7 finished in each, t7 in one
+    (t0a,), (t0b,) = ([t for t in st.trials if t.user_attrs[RAY_ID] == "t0"] for st in s.studies)
+    assert t0a.constraints["val_acc_shortfall"] - t0b.constraints["val_acc_shortfall"] == pytest.approx(
+        0.65 - 0.8
+    )

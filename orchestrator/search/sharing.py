@@ -83,3 +83,19 @@ class GoodGroupSharing:
     def __setstate__(self, state: dict) -> None:
         self.margin = state["margin"]
         self.reset(())
+
+
+class ShareMeasured:
+    """Every finished trial (measured, stopped or failed) to every study: for a sampler that
+    models the whole objective and constraint surfaces (a Gaussian process), where more points
+    make a better model and there is no good group to dilute. The studies then differ only in
+    their constraint, recomputed per target."""
+
+    def reset(self, targets: Sequence[float]) -> None:
+        pass
+
+    def entered(self, rec: Record, j: int) -> None:
+        pass
+
+    def shares(self, rec: Record, j: int) -> bool:
+        return rec.outcome in (COMPLETE, PRUNED, FAILED)

@@ -12,7 +12,10 @@ used for copies, for the replay of a checkpoint and for the storage record):
   for every target and winners are read off per target afterwards;
 * ``gp``: as ``targets`` with Optuna's ``GPSampler`` (Gaussian process, log constrained
   expected improvement; it reads the constraint set on the trial, and needs torch and scipy).
-  It learns from COMPLETE trials only (a trial the scheduler stopped is PRUNED).
+  Every finished trial enters every study (:class:`~orchestrator.search.sharing.ShareMeasured`):
+  a GP models the whole objective and constraint surfaces, so more points make a better model,
+  and it has no good group to dilute. It learns from COMPLETE trials only (a trial the
+  scheduler stopped is PRUNED), and a suggestion costs seconds, not milliseconds.
 
 All samplers see trials in flight as such: TPE with ``constant_liar`` (they count as bad
 guesses, so that concurrent suggestions spread out), GP through its batch acquisition.
@@ -37,6 +40,7 @@ from orchestrator.search.outcomes import (
     Record,
     told,
 )
+from orchestrator.search.sharing import GoodGroupSharing, ShareMeasured, SharingRule
 
 SamplerFactory = Callable[[int, int, int], optuna.samplers.BaseSampler]  # (k, seed, n_startup)
 
@@ -65,8 +69,12 @@ class Studies:
     name = ""
     directions: tuple[str, ...] = ("maximize",)
 
-    def __init__(self, sampler: SamplerFactory, name: str | None = None) -> None:
-        self.sampler, self.name = sampler, name or self.name
+    def __init__(self, sampler: SamplerFactory, name: str | None = None, share_all: bool = False) -> None:
+        self.sampler, self.name, self.share_all = sampler, name or self.name, share_all
+
+    def sharing(self) -> SharingRule:
+        """The sharing rule this kind's samplers want (when none is injected)."""
+        return ShareMeasured() if self.share_all else GoodGroupSharing()
 
     def n_studies(self, n_targets: int) -> int:
         raise NotImplementedError
@@ -121,8 +129,10 @@ class ConstrainedStudies(Studies):
 
     name = "targets"
 
-    def __init__(self, sampler: SamplerFactory | None = None, name: str | None = None) -> None:
-        super().__init__(sampler or TPE(multivariate=True), name)
+    def __init__(
+        self, sampler: SamplerFactory | None = None, name: str | None = None, share_all: bool = False
+    ) -> None:
+        super().__init__(sampler or TPE(multivariate=True), name, share_all)
 
     def n_studies(self, n_targets: int) -> int:
         return n_targets
@@ -192,5 +202,5 @@ class ParetoStudy(Studies):
 SEARCHES: dict[str, Callable[[], Studies]] = {
     "targets": ConstrainedStudies,
     "pareto": ParetoStudy,
-    "gp": lambda: ConstrainedStudies(gp, name="gp"),
+    "gp": lambda: ConstrainedStudies(gp, name="gp", share_all=True),
 }
