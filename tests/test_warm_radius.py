@@ -8,6 +8,8 @@ and the state survives a checkpoint.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -70,7 +72,7 @@ def test_a_shrinking_radius_is_found_from_the_loss_pass():
     """An estimate above the true radius is brought down by the secant of the next pass."""
     model, x, y = trained_mlp()
     exact = adaptive_radii(model, x, y, 0.1, iters=40, rel_tol=1e-6)
-    m = warm_method()
+    m = warm_method(warm_drift=0.0)  # the secant alone (the drift scale: its own test)
     idx = torch.arange(len(y))
     m.step(model, x, y, 5, idx=idx)
     m.radius.r_est = torch.where(exact > 0, (exact * 1.4).clamp(max=0.1), exact)  # 40 % too large
@@ -108,6 +110,7 @@ def test_warm_state_is_in_the_checkpoint_and_comes_back(tmp_path):
     m.load_state_dict(state["method"])
     assert torch.equal(m.radius.r_est.nan_to_num(-1), r.nan_to_num(-1))
     assert torch.equal(m.radius.censored, censored)
+    assert m.radius.log_drift == float(state["method"]["log_drift"])
 
 
 def test_overshoot_trains_above_the_estimate_and_the_bound_brings_it_back():
@@ -116,7 +119,7 @@ def test_overshoot_trains_above_the_estimate_and_the_bound_brings_it_back():
     lands a few % low) instead of running away."""
     model, x, y = trained_mlp()
     exact = adaptive_radii(model, x, y, 0.1, iters=40, rel_tol=1e-6)
-    m = warm_method(warm_overshoot=0.5)
+    m = warm_method(warm_overshoot=0.5, warm_drift=0.0)
     idx = torch.arange(len(y))
     m.step(model, x, y, 5, idx=idx)
     ok = exact > 0
@@ -243,3 +246,33 @@ def test_a_sample_certified_at_a_cap_that_grew_is_solved_again():
     sizes.clear()
     r(model, x, y, 0.05, idx=idx)
     assert sizes == [] and not bool(r.censored.any())
+
+
+def test_the_drift_scale_follows_radii_that_grew_and_returns_to_one():
+    """``warm_drift``: when the loss's pass finds the samples' radii above the estimates they
+    were trained at (radii that grew since the last visit), the next estimates are scaled up;
+    once the estimates track a fixed model, the scale decays back to 1. Solved samples are not
+    scaled."""
+    model, x, y = trained_mlp()
+    exact = adaptive_radii(model, x, y, 0.1, iters=40, rel_tol=1e-6)
+    idx = torch.arange(len(y))
+    m = warm_method()
+    m.step(model, x, y, 5, idx=idx)  # first sight: solved exactly
+    assert m.radius.log_drift == 0.0  # nothing was trained at an estimate yet
+    ok = (exact > 0) & (exact < 0.1 * (1 - 1e-3))
+    m.radius.r_est[ok] = exact[ok] / 2  # as if the radii had doubled since the last visit
+    m.step(model, x, y, 5, idx=idx)
+    grown = m.radius.log_drift
+    assert 0.1 * math.log(1.5) < grown <= 0.1 * math.log(2.0) + 1e-6
+    eps = m.radius(model, x, y, 0.1, idx=idx)  # the next visit: the estimates, scaled
+    assert torch.allclose(eps, (m.radius.r_est * math.exp(grown)).clamp(0.0, 0.1), rtol=1e-6, atol=0)
+    for _ in range(8):  # the estimates now track this fixed model: the scale decays
+        m.step(model, x, y, 5, idx=idx)
+    assert abs(m.radius.log_drift) < grown / 2
+    off = warm_method(warm_drift=0.0)
+    off.step(model, x, y, 5, idx=idx)
+    off.radius.r_est[ok] = exact[ok] / 2
+    off.step(model, x, y, 5, idx=idx)
+    assert off.radius.log_drift == 0.0
+    with pytest.raises(ConfigError, match="warm_drift"):
+        warm_method(warm_drift=1.5)

@@ -74,6 +74,13 @@ class ACERTParams:
         "of trained at the secant's estimate from the smaller cap",
     )
 
+    warm_drift: float = setting(
+        0.1,
+        "ACERT warm solver: gain of the scale applied to the carried radius estimates, moved after "
+        "every batch towards the median ratio of the radius measured by the loss's pass to the radius "
+        "trained at (0: off); it follows the model's radii as they grow between two visits",
+    )
+
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
@@ -86,6 +93,8 @@ class ACERTParams:
             raise bad("min_eps", self.min_eps, "must be >= 0")
         if not 0 <= self.warm_overshoot <= 1:
             raise bad("warm_overshoot", self.warm_overshoot, "must lie in [0, 1]")
+        if not 0 <= self.warm_drift <= 1:
+            raise bad("warm_drift", self.warm_drift, "must lie in [0, 1]")
 
 
 @register_method("acert", ACERTParams)

@@ -13,6 +13,7 @@ Their settings are ACERT's (``trainers.methods.acert.ACERTParams``).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,6 +26,9 @@ from trainers.rootfind import min_margin, solve_radius
 
 if TYPE_CHECKING:
     from trainers.methods.acert import ACERTParams
+
+DRIFT_MAX = 2.0  # the estimates' scale stays within [1/2, 2] (warm_drift)
+DRIFT_MIN_SAMPLES = 8  # fewer tracked samples in a batch: no drift update from it
 
 
 @torch.no_grad()
@@ -119,6 +123,8 @@ class WarmRadius(RadiusBase):
         self.r_est: Tensor | None = None  # NaN: no estimate yet
         self.censored: Tensor | None = None  # r_est is the cap the sample was certified at
         self._exact = AdaptiveRadius(params, bound_factory)
+        self.log_drift = 0.0  # log of the factor the estimates are scaled by (warm_drift)
+        self._solved: Tensor | None = None  # the samples of this batch solved exactly
 
     def _estimates(self, idx: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         need = int(idx.max()) + 1 if idx.numel() else 0
@@ -139,11 +145,15 @@ class WarmRadius(RadiusBase):
         r, censored = self._estimates(idx, x)
         # first sight (the first ramp epoch), or certified at a cap that has grown since
         todo = (torch.isnan(r) | (censored & (r < eps_t * (1 - 1e-6)))).nonzero().squeeze(1)
+        solved = torch.zeros_like(censored)
+        solved[todo] = True
+        self._solved = solved
+        scale = torch.where(solved, 1.0, math.exp(self.log_drift))  # an estimate trails, a solve not
         if todo.numel():
             r = r.clone()
             r[todo] = self._solve(model, x, y, todo, eps_t)
             self.r_est[idx[todo]], self.censored[idx[todo]] = r[todo], False
-        eps = (r * (1.0 + self.params.warm_overshoot)).clamp(0.0, eps_t)
+        eps = (r * scale * (1.0 + self.params.warm_overshoot)).clamp(0.0, eps_t)
         if self.params.min_eps > 0 and regularising:
             eps = eps.clamp(min=min(self.params.min_eps, eps_t))
         return eps
@@ -179,6 +189,7 @@ class WarmRadius(RadiusBase):
         known = correct & (eps > 0)
         drop = (g0 - ge).clamp(min=torch.finfo(g0.dtype).tiny)
         new = torch.where(known, eps * g0 / drop, new)
+        self._track_drift(new, eps, known, eps_t)
         censored = known & (ge > 0) & (eps >= eps_t) if self.params.warm_at_cap else torch.zeros_like(correct)
         new = torch.where(censored, eps, new)  # certified at the cap: a lower bound, kept as such
         cold = (correct & ~known).nonzero().squeeze(1)
@@ -192,6 +203,21 @@ class WarmRadius(RadiusBase):
         self.r_est[idx] = new.clamp(0.0, self.max_eps)
         self.censored[idx] = censored
         return correct
+
+    def _track_drift(self, new: Tensor, eps: Tensor, known: Tensor, eps_t: float) -> None:
+        """``warm_drift``: move the estimates' scale towards the batch's median ratio of the
+        secant root (the radius under the current model) to the radius the sample was trained
+        at, over the samples trained at a scaled estimate below the cap. Tracking, that ratio is
+        1; while the model's radii grow between visits (the ramp), it is above 1."""
+        gain = self.params.warm_drift
+        solved = self._solved
+        if gain <= 0 or solved is None or solved.shape != eps.shape:
+            return
+        tracked = known & ~solved & (eps < eps_t)
+        if int(tracked.sum()) >= DRIFT_MIN_SAMPLES:
+            ratio = float((new[tracked] / eps[tracked]).median().clamp(1 / DRIFT_MAX, DRIFT_MAX))
+            limit = math.log(DRIFT_MAX)
+            self.log_drift = min(max(self.log_drift + gain * math.log(ratio), -limit), limit)
 
     def after_bounds(self, model, x, y, idx, eps, eps_t, logits, lb, ctx) -> Tensor:
         if idx is None:
@@ -209,9 +235,14 @@ class WarmRadius(RadiusBase):
         censored = (
             self.censored if self.censored is not None else torch.zeros(len(self.r_est), dtype=torch.bool)
         )
-        return {"r_est": self.r_est.detach().cpu(), "censored": censored.detach().cpu()}
+        return {
+            "r_est": self.r_est.detach().cpu(),
+            "censored": censored.detach().cpu(),
+            "log_drift": torch.tensor(self.log_drift),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if "r_est" in state:
             self.r_est = state["r_est"].clone()
             self.censored = state["censored"].clone() if "censored" in state else None
+            self.log_drift = float(state.get("log_drift", 0.0))
