@@ -140,6 +140,7 @@ class TargetSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         if len(self._log) >= self._budget:
             return Searcher.FINISHED
+        # the policy picks among targets: asked where each target has its own study
         k = 0 if len(self._studies) == 1 else self._policy.choose(self._view())
         trial = self._studies[k].ask()
         trial.set_user_attr(RAY_ID, trial_id)
