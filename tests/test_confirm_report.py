@@ -92,9 +92,38 @@ def test_frontier_pictures_draw_confirmed_means_with_error_bars(tmp_path):
     assert acert.x == pytest.approx((0.83,)) and acert.y == pytest.approx((0.12,))
     assert acert.error_y.array == pytest.approx((mean_interval([0.12, 0.13, 0.11]).half,))
     assert acert.error_x.array == pytest.approx((mean_interval([0.82, 0.84, 0.83]).half,))
-    assert "ACR / ibp's: 1.200 ± " in acert.text[0]
+    assert "test_acr / ibp's: 1.200 ± " in acert.text[0]
     write_html([panel], tmp_path / "f.html")
     text = (tmp_path / "f.html").read_text()
     assert f"0.1200 ± {mean_interval([0.12, 0.13, 0.11]).half:.4f}" in text and "vs ibp" in text
     write_png([panel], tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_the_ratio_is_of_the_strongest_certificates_every_retrain_has():
+    """With --cert-method best the retrains carry test_acr_best beside IBP's test_acr: the ratio,
+    the table and frontier.html's column use it (IBP would rank these two the other way)."""
+    from orchestrator.confirm_report import ACR_OF, CONFIRMED_COLS, confirmed_cell
+
+    a = confirmed("acert", 0.8, [0.82, 0.83, 0.84], [0.10, 0.11, 0.12])
+    b = confirmed("ibp", 0.8, [0.85, 0.86, 0.84], [0.12, 0.13, 0.14])
+    for tc, best in ((a, [0.20, 0.21, 0.22]), (b, [0.14, 0.15, 0.16])):
+        for k, v in zip(tc.attempts[-1].keys, best):
+            tc.retrains[k].test.update({"test_acr_best": v, "test_acr_norm_best": v * 10})
+    rows = [{"method": m, "target": 0.8, "status": "ok"} for m in ("acert", "ibp")]
+    out = {r["method"]: r for r in extend_rows(rows, [a, b])}
+    assert out["acert"][ACR_OF] == "test_acr_best" and out["acert"]["acr_ratio_vs"] == "ibp"
+    expect = ratio_interval([0.20, 0.21, 0.22], [0.14, 0.15, 0.16])
+    assert out["acert"]["acr_ratio"] == pytest.approx(expect.mean) == pytest.approx(0.21 / 0.15)
+    table = format_confirmed(list(out.values()))
+    assert "test_acr_best ratio (vs)" in table.splitlines()[0] and "| test_acr | test_acr_best |" in table
+    (col,) = [c for c, f in CONFIRMED_COLS.items() if f == ACR_OF]
+    assert confirmed_cell(out["acert"], col).startswith("0.2100 ± ") and "(test_acr_best)" in confirmed_cell(
+        out["acert"], col
+    )
+    # one retrain without it: the ratio falls back to the trials' own certificates
+    del b.retrains[b.attempts[-1].keys[0]].test["test_acr_best"]
+    again = {r["method"]: r for r in extend_rows(rows, [a, b])}
+    assert again["acert"][ACR_OF] == "test_acr" and again["acert"]["acr_ratio"] == pytest.approx(
+        ratio_interval([0.10, 0.11, 0.12], [0.12, 0.13, 0.14]).mean
+    )
