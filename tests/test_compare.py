@@ -59,3 +59,12 @@ def test_a_broken_frontier_file_is_one_line(tmp_path, capsys, text):
     (tmp_path / "frontier.json").write_text(text)
     assert main([str(tmp_path), str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_row_without_confirm_acr_of_uses_its_one_stronger_acr():
+    old = row("acert", 0.8, 0.82, 0.10, of="test_acr_crown-ibp")
+    del old["confirm_acr_of"]
+    old.update({"mean.test_acr": 0.01, "mean.test_acr_norm_crown-ibp": 1.0})
+    out = compare([old], [old])
+    (pair,) = out["pairs"]
+    assert pair["acr_a"] == pytest.approx((0.09, 0.11))
