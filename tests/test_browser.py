@@ -31,7 +31,12 @@ if not (CHROMIUM and DRIVER):
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is a dev dependency: pip install -e '.[dev]'"
 )
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -69,21 +74,31 @@ def browser():
     driver.quit()
 
 
+# A page that is still rendering: an element not there yet, replaced, or covered for a moment
+# (MLflow lays its panels out after the first paint). A wait goes on through all of them.
+NOT_YET = (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+)
+
+
 def wait(driver, what: str, check):
-    """``check(driver)`` until it is truthy (stale elements of a re-rendered page count as not
-    yet), failing with ``what`` and the page's text after WAIT_S."""
-
-    def attempt(d):
-        try:
-            return check(d)
-        except StaleElementReferenceException:
-            return False
-
+    """``check(driver)`` until it is truthy, failing with ``what`` and the page's text after
+    WAIT_S; an exception of a page still rendering (``NOT_YET``) counts as not yet."""
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.25).until(attempt)
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.25, ignored_exceptions=NOT_YET).until(check)
     except Exception as e:
         text = driver.find_element(By.TAG_NAME, "body").text[:2000]
         raise AssertionError(f"{what}: not seen at {driver.current_url}\n{text}") from e
+
+
+def click(driver, what: str, css: str = "", xpath: str = "") -> None:
+    """Click the element once it takes the click: a covered element raises before the click
+    happens, so a toggle is never clicked twice."""
+    by, sel = (By.CSS_SELECTOR, css) if css else (By.XPATH, xpath)
+    wait(driver, f"a click on {what}", lambda d: d.find_element(by, sel).click() or True)
 
 
 def link_to(run_id: str) -> tuple[str, str]:
@@ -95,25 +110,33 @@ def test_the_runs_table_lists_the_trials_under_the_parent(finished, browser, mlf
     pid = parent.info.run_id
     # a fresh browser lands on MLflow's GenAI view; the sidebar toggle (README) switches it
     browser.get(f"{mlflow_server}/#/experiments/{exp}")
-    toggle = wait(
-        browser,
-        "the sidebar's 'Model training' toggle",
-        lambda d: d.find_element(By.XPATH, "//*[@role='button'][normalize-space(.)='Model training']"),
-    )
-    toggle.click()
+    toggle = "//*[@role='button'][normalize-space(.)='Model training']"
+
+    def leave_genai(d):
+        for tip in d.find_elements(By.XPATH, "//button[normalize-space(.)='Got it']"):
+            tip.click()  # the GenAI overview's "Detect Issues" tip covers the page on a first visit
+        d.find_element(By.XPATH, toggle).click()
+        return True
+
+    wait(browser, "a click on the sidebar's 'Model training' toggle", leave_genai)
     wait(browser, "the parent run in the runs table", lambda d: d.find_elements(*link_to(pid)))
     assert "workflowType=machine_learning" in browser.current_url
     assert not browser.find_elements(*link_to(trials[0].info.run_id)), "trials are nested, not listed flat"
     row = f'.ag-row[row-id="{pid}"] [col-id="attributes.`Run Name`"] button'
-    wait(browser, "the parent's expander", lambda d: d.find_element(By.CSS_SELECTOR, row)).click()
+    click(browser, "the parent's expander", css=row)
     for t in trials:
         wait(
             browser,
             f"trial run {t.data.tags['ray.trial_id']}",
             lambda d, t=t: d.find_elements(*link_to(t.info.run_id)),
         )
-    names = [r.text for r in browser.find_elements(By.CSS_SELECTOR, '[col-id="attributes.`Run Name`"] a')]
-    assert names[0] == cfg.name and sorted(names[1:]) == sorted(t.info.run_name for t in trials)
+    want = [cfg.name, *sorted(t.info.run_name for t in trials)]
+
+    def listed(d):  # the run-name column, top down: the parent, then its trials
+        names = [a.text for a in d.find_elements(By.CSS_SELECTOR, '[col-id="attributes.`Run Name`"] a')]
+        return names[:1] + sorted(names[1:]) == want
+
+    wait(browser, f"the runs listed as {want}", listed)
 
 
 def test_the_parent_run_shows_the_convergence_charts(finished, browser, mlflow_server):  # noqa: F811
