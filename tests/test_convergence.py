@@ -138,7 +138,7 @@ def fake_trial(tid, status, acc, acr, epoch):
     )
 
 
-def test_the_callback_logs_convergence_after_every_ended_trial(tmp_path):
+def test_the_callback_logs_convergence_after_every_ended_trial_and_a_resume_logs_no_step_twice(tmp_path):
     from orchestrator.callbacks import MlflowTrialCallback
     from orchestrator.config import SweepConfig
 
@@ -155,16 +155,33 @@ def test_the_callback_logs_convergence_after_every_ended_trial(tmp_path):
     cb.on_trial_complete(0, [a], a)
     cb.on_trial_complete(0, [a, b], b)
     cb.on_trial_complete(0, [a, b, c], c)
+    hv3 = 0.1 * 0.2 + 0.25 * 0.1
+    assert logged(store) == {
+        "hypervolume/acert": [(1, 0.1 * 0.2), (2, 0.1 * 0.2), (3, hv3)],
+        "best_val_acr/acert/0.5": [(1, 0.2), (2, 0.2), (3, 0.2)],
+        "best_val_acr/acert/0.8": [(3, 0.1)],
+    }
+
+    # a resumed driver: Tune had not saved c as finished, so c ends again (step 3), then d ends
+    tracker = SweepTracker("http://nowhere", "synthetic", "c", "id1", tmp_path, store=store)
+    cb = MlflowTrialCallback(tracker, "acert", cfg)
+    c.status = "TERMINATED"
+    d = fake_trial("d", "TERMINATED", 0.95, 0.3, 3)
+    cb.on_trial_complete(0, [a, b, c], c)
+    cb.on_trial_complete(0, [a, b, c, d], d)
+    got = logged(store)
+    assert got["hypervolume/acert"][2:] == [(3, hv3), (4, 0.45 * 0.3)]  # step 3 once
+    assert got["best_val_acr/acert/0.8"] == [(3, 0.1), (4, 0.3)]
+
+
+def logged(store):
+    """The parent's metric points in the order the store got them: key -> [(step, value)]."""
     got = {}
     for e in store.applied:
         if e["op"] == "metrics" and e["run"] == "parent":
             for k, v in e["metrics"].items():
                 got.setdefault(k, []).append((e["step"], pytest.approx(v)))
-    assert got == {
-        "hypervolume/acert": [(1, 0.1 * 0.2), (2, 0.1 * 0.2), (3, 0.1 * 0.2 + 0.25 * 0.1)],
-        "best_val_acr/acert/0.5": [(1, 0.2), (2, 0.2), (3, 0.2)],
-        "best_val_acr/acert/0.8": [(3, 0.1)],
-    }
+    return got
 
 
 # --- a short real sweep ------------------------------------------------------------------
