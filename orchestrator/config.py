@@ -86,7 +86,8 @@ class SweepConfig:
         "targets",
         "how trials are proposed: targets (one constrained Optuna TPE study per target accuracy, sharing "
         "trials), pareto (one TPE study maximising accuracy and ACR, winners read off per target) or gp "
-        "(per-target constrained studies with Optuna's Gaussian-process sampler, seconds per suggestion)",
+        "(per-target constrained studies with Optuna's Gaussian-process sampler: seconds per suggestion, tens "
+        "of seconds with tens of trials in flight)",
         known=_searches,
     )
     epochs: int = same_as(

@@ -15,7 +15,8 @@ used for copies, for the replay of a checkpoint and for the storage record):
   Every finished trial enters every study (:class:`~orchestrator.search.sharing.ShareMeasured`):
   a GP models the whole objective and constraint surfaces, so more points make a better model,
   and it has no good group to dilute. It learns from COMPLETE trials only (a trial the
-  scheduler stopped is PRUNED), and a suggestion costs seconds, not milliseconds.
+  scheduler stopped is PRUNED), and a suggestion costs seconds, not milliseconds, growing
+  with the trials in flight (its batch acquisition conditions on every one of them).
 
 All samplers see trials in flight as such: TPE with ``constant_liar`` (they count as bad
 guesses, so that concurrent suggestions spread out), GP through its batch acquisition.
