@@ -6,9 +6,8 @@ at eps_max(t) (the radius-growth schedule) and 0 for misclassified samples. The 
 the roots per batch, without gradients, with Brent's method (~10 iterations): here
 ``radius_solver=exact`` (the default), the vectorised bracketing solver of ``trainers.rootfind``.
 ``warm`` (``trainers.radius.WarmRadius``) carries each sample's radius across epochs and updates
-it from the loss's own pass, at ~1.1x an IBP epoch instead of ~2x; it is not the default because
-on MNIST (max_eps 0.4) it trained 12-24 points less accurately than exact (docs/benchmarks.md
-§2b, docs/method.md). The loss is
+it from the loss's own pass, at ~1.1x an IBP epoch instead of ~2x after the ramp; it is not the
+default: it trains a few % less ACR than exact (docs/benchmarks.md §2b, docs/method.md). The loss is
 (1 - kappa) * L_rob(x, eps_i) + kappa * L_std(x), plus the Shi et al. regularisers during the
 ramp, when eps_i may be floored at ``min_eps``. The method is composed from its parts: the radius
 policies of ``trainers.radius.adaptive``, the IBP margins and the standard loss mixing.
@@ -48,7 +47,7 @@ class ACERTParams:
         "exact",
         "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm (carry "
         "each sample's radius across epochs and update it from the pass the loss makes: about half "
-        "the epoch time, but less accurate at large radii, docs/benchmarks.md §2b)",
+        "the epoch time after the ramp, but a few % less robust than exact, docs/benchmarks.md §2b)",
     )
     warm_overshoot: float = setting(
         0.0,

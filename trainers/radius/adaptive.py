@@ -108,6 +108,11 @@ class WarmRadius(RadiusBase):
     0.079 against 0.058; docs/benchmarks.md §2b). After the ramp the cap no longer grows and
     nothing is solved.
 
+    An estimate is one visit (an epoch) old, and during the ramp the model's radii grow in that
+    time: every other sample trains at its estimate times a scale (``warm_drift``) that the
+    batches move towards their median ratio of the secant root to the radius trained at, the
+    growth the loss's pass measures for free (1 while the estimates track the model).
+
     A sample misclassified at its last visit and correct now starts from its clean margin over
     the batch's median bound slope (``warm_new_radius=slope``; ``solve`` solves those exactly).
     A misclassified sample's estimate is 0; one that was correct at its last visit and is
