@@ -200,6 +200,8 @@ def finished_sweep(tmp_path_factory):
         dataset="synthetic", accs=TARGETS, trials=4, epochs=3, name="conv", storage=str(tmp / "sweeps"),
         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", data_dir=str(tmp / "data"), synthetic_size=1024,
         val_acr_samples=64, test_samples=64, max_concurrent=2, max_failures=0, threads=1, scheduler="none",
+        # a schedule that learns this data whatever the sampler draws (kappa and the cap stay searched)
+        fixed=("lr=0.01", "batch_size=64", "std_epochs=1", "ramp_epochs=1"),
     )  # fmt: skip
     ray.init(num_cpus=2, include_dashboard=False)
     try:
@@ -240,7 +242,7 @@ def test_the_parent_run_holds_the_convergence_per_finished_trial(finished_sweep)
         steps = [m.step for m in hist]
         assert steps == sorted(set(steps)) and set(steps) <= set(range(1, cfg.trials + 1))
         assert max(hist, key=lambda m: m.step).value == pytest.approx(row["val_acr"])
-    assert rows[0]["status"] == "ok", "the seeded sweep has a trial that learns (val_acc 1.0 on this data)"
+    assert rows[0]["status"] == "ok", "the fixed schedule learns this data (val_acc >= 0.5)"
 
 
 @pytest.mark.slow

@@ -52,10 +52,19 @@ def drive(s, n: int, in_flight: int) -> list[dict]:
 @pytest.mark.parametrize("search", ["targets", "pareto"])
 def test_suggestions_are_those_of_the_searcher_before_the_split(search):
     """tests/fixtures/search/head_suggestions.json: the first 30 suggestions of the one-class
-    TargetSearcher (commit e09a8e6, ``pareto=True`` for pareto) under this driver."""
+    TargetSearcher (commit e09a8e6, ``pareto=True`` for pareto) under this driver, with that
+    commit's sampler seeds."""
+    from orchestrator.search.studies import TPE, ConstrainedStudies, ParetoStudy
+
     expected = json.loads((FIXTURES / "head_suggestions.json").read_text())[search]
+    # the samplers seeded as then (seed + k): the split is pinned, not the seeding rule after it
+    kind = (
+        ConstrainedStudies(TPE(True, legacy_seed=True))
+        if search == "targets"
+        else ParetoStudy(TPE(False, legacy_seed=True))
+    )
     s = TargetSearcher(
-        get_space("acert"), CTX, (0.65, 0.72, 0.8), 30, study_prefix="pin", seed=3, search=search
+        get_space("acert"), CTX, (0.65, 0.72, 0.8), 30, study_prefix="pin", seed=3, search=kind
     )
     assert json.loads(json.dumps(drive(s, 30, 4))) == expected
 
@@ -248,3 +257,14 @@ def test_gp_search_suggests_and_resumes_exactly(tmp_path):
     assert t0a.constraints["val_acc_shortfall"] - t0b.constraints["val_acc_shortfall"] == pytest.approx(
         0.65 - 0.8
     )
+
+
+def test_study_seeds_of_neighbouring_sweep_seeds_are_all_different():
+    """Two sweeps that differ only in --seed (a reproducibility check) share no study's stream;
+    with seed + k, sweep 0's study 1 was sweep 1's study 0."""
+    from orchestrator.search.studies import study_seed
+
+    seeds = [study_seed(s, k) for s in range(8) for k in range(6)]
+    assert len(set(seeds)) == len(seeds)
+    assert study_seed(0, 1, legacy=True) == study_seed(1, 0, legacy=True)
+    assert study_seed(3, 2) == study_seed(3, 2)  # a resumed driver builds the same samplers

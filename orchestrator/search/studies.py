@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -46,21 +47,37 @@ from orchestrator.search.sharing import GoodGroupSharing, ShareMeasured, Sharing
 SamplerFactory = Callable[[int, int, int], optuna.samplers.BaseSampler]  # (k, seed, n_startup)
 
 
+def study_seed(seed: int, k: int, legacy: bool = False) -> int:
+    """The sampler seed of study k of a sweep seeded ``seed``: drawn from the pair, so that sweeps
+    of neighbouring seeds share no study's random stream (with ``seed + k``, the ``legacy`` rule,
+    study k+1 of the sweep seeded s drew exactly what study k of the sweep seeded s+1 drew, and a
+    reproducibility check over two seeds compared partly the same draws). Every method's study k
+    of one sweep gets the same seed: their start-up draws are the same configurations."""
+    if legacy:
+        return seed + k
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
 @dataclass(frozen=True)
 class TPE:
-    """TPE for study k, seeded ``seed + k`` (a class, not a closure: checkpoints pickle it)."""
+    """TPE for study k, seeded ``study_seed(seed, k)`` (a class, not a closure: checkpoints
+    pickle it); ``legacy_seed``: ``seed + k``, the rule before (tests pin suggestions with it)."""
 
     multivariate: bool
+    legacy_seed: bool = False
 
     def __call__(self, k: int, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
-            seed=seed + k, constant_liar=True, n_startup_trials=n_startup, multivariate=self.multivariate
+            seed=study_seed(seed, k, self.legacy_seed),
+            constant_liar=True,
+            n_startup_trials=n_startup,
+            multivariate=self.multivariate,
         )
 
 
 def gp(k: int, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(
-        seed=seed + k, n_startup_trials=n_startup, warn_independent_sampling=False
+        seed=study_seed(seed, k), n_startup_trials=n_startup, warn_independent_sampling=False
     )
 
 
