@@ -3,7 +3,9 @@
 The warm radii are training targets, not certificates; they must still track the exact
 per-batch solve: after one cold (exact) pass, the secant updates from the loss's own pass keep
 them within the solver's tolerance on a fixed model, misclassified samples train at radius 0,
-and the state survives a checkpoint.
+a sample certified at a cap that has grown since is solved again (and only such samples), the
+drift scale follows radii that grew and returns to 1 on a fixed model, and the state survives a
+checkpoint.
 """
 
 from __future__ import annotations
