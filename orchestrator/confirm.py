@@ -14,7 +14,7 @@ The retrains are Ray Tune trials of ``orchestrator.trainable`` (the sweep's reso
 checkpoints, retries, SIGTERM handling), one Tune experiment per round of candidates
 (``<sweep>/confirm-<round>``); a resumed sweep restores it, so a finished retrain is not run
 again. Each retrain gets an MLflow child run of the parent (role ``confirm``), written through
-the sweep's tracker (an outage is survived in its journal).
+the sweep's tracker (an outage is survived in its journal), with its epochs' metrics as it trains.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def run_confirm(
         rnd += 1
         todo = next_round(cfg, targets, retrains)
         if todo:
-            retrains.update(run_round(cfg, rnd, todo))
+            retrains.update(run_round(cfg, rnd, todo, tracker))
             kill_point("after-confirm-round")
         for tc in targets:
             if tc.attempts and not tc.attempts[-1].status:
@@ -240,10 +240,9 @@ def certify(cfg: SweepConfig, targets: list[TargetConfirmation], retrains: dict[
 def record(
     cfg: SweepConfig, tracker: Any, targets: list[TargetConfirmation], retrains: dict[str, Retrain]
 ) -> None:
-    """One MLflow child run per retrain (role ``confirm``), logged once: its validation (and,
-    when certified, test) figures and the targets it confirmed."""
-    from orchestrator.tracking import TAG_ROLE
-    from orchestrator.tracking.names import TAG_METHOD
+    """Close each retrain's MLflow child run (role ``confirm``; ``ConfirmLogCallback`` opened it
+    and logged its epochs), once: its checkpoint's validation (and, when certified, test)
+    figures and the targets it confirmed."""
 
     verdicts: dict[str, list[str]] = {}
     for tc in targets:
@@ -253,23 +252,38 @@ def record(
     for key, r in retrains.items():
         if recorded(tracker, key):
             continue
-        # journalled under "<method>:confirm": the search's bookkeeping of <method> leaves it alone
-        params = {**cfg.trial(r.train_config).to_dict(), **r.train_config, "confirm_of": r.of}
-        tracker.trial(key, f"{r.method}:{ROLE}", params)
-        tracker.tag_trial(
-            key,
-            {
-                TAG_ROLE: ROLE,
-                TAG_METHOD: r.method,
-                "mlflow.runName": key,
-                "confirm.of": r.of,
-                "confirm.seed": str(r.seed),
-                "confirm.verdicts": ",".join(verdicts.get(key, [])),
-            },
+        open_run(cfg, tracker, r)
+        tracker.tag_trial(key, {"confirm.verdicts": ",".join(verdicts.get(key, []))})
+        # the test figures at the last epoch's step; the validation ones only where no epoch
+        # was logged (a run closed by a driver older than the per-epoch logging)
+        step = tracker.last_step(key, M.VAL_ACR)
+        figures = dict(r.test) if step >= 0 else {M.VAL_ACC: r.val_acc, M.VAL_ACR: r.val_acr, **r.test}
+        tracker.log_trial_metrics(
+            key, {k: v for k, v in figures.items() if math.isfinite(v)}, step=max(step, 0)
         )
-        figures = {M.VAL_ACC: r.val_acc, M.VAL_ACR: r.val_acr, **r.test}
-        tracker.log_trial_metrics(key, {k: v for k, v in figures.items() if math.isfinite(v)}, step=0)
         tracker.end_trial(key, status="FAILED" if r.failed else "FINISHED")
+
+
+def open_run(cfg: SweepConfig, tracker: Any, r: Retrain) -> None:
+    """The retrain's MLflow child run (role ``confirm``), opened once: params and tags."""
+    from orchestrator.tracking import TAG_ROLE
+    from orchestrator.tracking.names import TAG_METHOD
+
+    if tracker.has_trial(r.key):
+        return
+    # journalled under "<method>:confirm": the search's bookkeeping of <method> leaves it alone
+    params = {**cfg.trial(r.train_config).to_dict(), **r.train_config, "confirm_of": r.of}
+    tracker.trial(r.key, f"{r.method}:{ROLE}", params)
+    tracker.tag_trial(
+        r.key,
+        {
+            TAG_ROLE: ROLE,
+            TAG_METHOD: r.method,
+            "mlflow.runName": r.key,
+            "confirm.of": r.of,
+            "confirm.seed": str(r.seed),
+        },
+    )
 
 
 def recorded(tracker: Any, key: str) -> bool:

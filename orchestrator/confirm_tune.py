@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune import Callback
 
 from orchestrator.config import SweepConfig
-from orchestrator.confirm import Retrain
+from orchestrator.confirm import Retrain, open_run
 from orchestrator.evaluation import checkpointed_metrics
 from orchestrator.searcher import measured
 from orchestrator.trainable import _SigtermMixin, train_trial
@@ -31,7 +32,28 @@ def make_confirm_trainable(cfg: SweepConfig):
     return tune.with_resources(trainable, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
 
 
-def round_tuner(cfg: SweepConfig, rnd: int, todo: dict[str, Retrain]):
+class ConfirmLogCallback(Callback):
+    """Each retrain's MLflow child run while it trains: opened at its first result, its epochs'
+    metrics as step metrics (through the tracker's journal, as the search's trials); the stage
+    closes it with its test figures and verdicts (``confirm.record``)."""
+
+    def __init__(self, cfg: SweepConfig, tracker: Any) -> None:
+        self.cfg, self.tracker = cfg, tracker
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
+        from orchestrator.tracking.names import result_metrics
+
+        job = (trial.config or {}).get(RUN) or {}
+        if not job.get("key"):
+            return
+        r = Retrain(job["key"], job["method"], job["of"], job["seed"], job["config"])
+        open_run(self.cfg, self.tracker, r)
+        step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
+        if step > self.tracker.last_step(r.key, M.VAL_ACR):  # an epoch trained again after a restore
+            self.tracker.log_trial_metrics(r.key, result_metrics(result), step=step)
+
+
+def round_tuner(cfg: SweepConfig, rnd: int, todo: dict[str, Retrain], tracker: Any = None):
     name = f"confirm-{rnd}"
     path = f"{cfg.sweep_dir}/{name}"
     trainable = make_confirm_trainable(cfg)
@@ -53,17 +75,20 @@ def round_tuner(cfg: SweepConfig, rnd: int, todo: dict[str, Retrain]):
             storage_path=cfg.sweep_dir,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # as the search (sweep.make_tuner)
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=[ConfirmLogCallback(cfg, tracker)] if tracker is not None else None,
         ),
     )
 
 
-def run_round(cfg: SweepConfig, rnd: int, todo: dict[str, Retrain]) -> dict[str, Retrain]:
+def run_round(
+    cfg: SweepConfig, rnd: int, todo: dict[str, Retrain], tracker: Any = None
+) -> dict[str, Retrain]:
     """Train (or restore) the round's retrains; each comes back with its validation figures at
     its latest checkpoint and that checkpoint (``failed`` if it errored, ended or has none)."""
     from orchestrator.sweep import SweepInterrupted, unfinished_trials
 
     print(f"[confirm] round {rnd}: {len(todo)} retrain(s)", flush=True)
-    grid = round_tuner(cfg, rnd, todo).fit()
+    grid = round_tuner(cfg, rnd, todo, tracker).fit()
     left = unfinished_trials(grid)
     if left:
         raise SweepInterrupted(f"confirm round {rnd} was interrupted with {len(left)} retrain(s) unfinished")

@@ -85,6 +85,9 @@ def test_unconfirmed_candidate_is_flagged_and_the_next_one_confirmed(ray_session
         assert m["val_acc"] >= 0.7 and 0 <= m["test_acc"] <= 1 and m["test_acr"] >= 0
         assert "test_acc" not in by_of[("lucky", seed)].data.metrics
     assert by_of[("lucky", "1")].data.tags["confirm.verdicts"] == "0.7:not confirmed"
+    for run in runs:  # every epoch of every retrain, logged while it trained (2 epochs)
+        history = tracker.client.get_metric_history(run.info.run_id, "val_acr")
+        assert sorted(m.step for m in history) == [1, 2], [(m.step, m.value) for m in history]
     first = by_of[("steady", "1")].data
     assert (
         first.tags["mlflow.runName"] == "confirm-lucky-ibp-steady-s1"
@@ -157,10 +160,10 @@ def test_a_stage_interrupted_between_rounds_resumes_without_retraining(ray_sessi
     ray_session.write_text("")
     real = ct.run_round
 
-    def stop_at_round_two(cfg, rnd, todo):
+    def stop_at_round_two(cfg, rnd, todo, *rest):
         if rnd == 2:  # as Ctrl+C between the rounds
             raise KeyboardInterrupt("stopped")
-        return real(cfg, rnd, todo)
+        return real(cfg, rnd, todo, *rest)
 
     monkeypatch.setattr(ct, "run_round", stop_at_round_two)
     with pytest.raises(KeyboardInterrupt):

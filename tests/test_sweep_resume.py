@@ -289,5 +289,7 @@ def test_a_driver_killed_in_the_confirm_stage_resumes_without_retraining(tmp_pat
     runs = c.search_runs([exp.experiment_id], "tags.`sweep.role` = 'confirm'")
     assert sorted(r.data.tags["confirm.seed"] for r in runs) == ["1", "2"]
     assert all(r.info.status == "FINISHED" and "test_acr" in r.data.metrics for r in runs)
+    for r in runs:  # each epoch logged once, while it trained; the restore logged none again
+        assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acr")) == [1, 2]
     (row,) = json.loads((tmp_path / "sweeps" / "k4" / "frontier.json").read_text())
     assert row["confirm_status"] == "confirmed" and row["confirm_seeds"] == [1, 2]
