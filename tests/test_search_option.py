@@ -2,12 +2,11 @@
 params (SweepConfig.to_dict), and a short Ray sweep with ``--search pareto``."""
 
 import json
-import time
 
 import pytest
 
 from orchestrator import sweep
-from orchestrator.cli import SweepConfig, parse_sweep_args
+from orchestrator.cli import parse_sweep_args
 from orchestrator.search.studies import SEARCHES
 
 BASE = ["--dataset", "synthetic", "--accs", "0.5,0.7"]
@@ -57,28 +56,15 @@ def test_a_pareto_sweep_runs_one_study_and_picks_a_winner_per_target(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    cfg = SweepConfig(
-        dataset="synthetic",
-        accs=(0.5, 0.7),
-        trials=4,
-        epochs=2,
-        name="par",
-        storage=str(tmp_path / "sweeps"),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        data_dir=str(tmp_path / "data"),
-        synthetic_size=256,
-        val_acr_samples=50,
-        max_concurrent=2,
-        max_failures=0,
-        threads=1,
-        register_models=False,
-        search="pareto",
-    )
+    from tests.test_sweep import small_config
+
+    cfg = small_config(
+        tmp_path, "par", f"sqlite:///{tmp_path / 'mlflow.db'}", trials=4, epochs=2, synthetic_size=256,
+        val_acr_samples=50, register_models=False, search="pareto",
+    )  # fmt: skip
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        t0 = time.time()
         rows = sweep.run_sweep(cfg)
-        print(f"pareto sweep: {time.time() - t0:.1f} s")
     finally:
         ray.shutdown()
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "sweeps" / "par" / "optuna.journal")))
