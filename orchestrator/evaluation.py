@@ -230,6 +230,7 @@ def frontier_rows(
     """One row per (method, target): the winner's validation and test figures, or 'infeasible'."""
     rows = []
     chosen = winners_of(cfg, results, pick)
+    searched = chosen if pick is search_winner else winners_of(cfg, results)
     for method, res in results.items():
         for target in cfg.accs:
             w = chosen[(method, target)]
@@ -258,7 +259,7 @@ def frontier_rows(
             # the epoch its figures are of (its full budget: stopped trials never win)
             if w.epoch is not None:
                 row[M.EPOCH] = w.epoch
-            first = search_winner(method, target, [p for p in res.points if p.trial_id in res.checkpoints])
+            first = searched[(method, target)]
             if first is not None and first.trial_id != w.trial_id:
                 row["search_winner_trial_id"] = first.trial_id  # replaced by a confirmed candidate
             rows.append(row)
