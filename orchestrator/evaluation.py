@@ -170,14 +170,24 @@ def evaluate_checkpoint(
     return {**out, **extra}
 
 
+def local_eval_threads(cfg: SweepConfig) -> int:
+    """Torch threads of an evaluation in a local driver: those of ``--max-concurrent`` trials,
+    at most the machine's CPUs."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, cfg.max_concurrent * cfg.trial_threads))
+
+
 def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> dict[str, dict[str, float]]:
     """trial id -> test figures, for every winner (trial id -> (checkpoint, trial config)) not
     already in the sweep's cache. Each winner is evaluated with its trial's TrainConfig.
 
     With local Ray the driver evaluates them itself: it has torch, the trainers, the data and
     the trials' devices already (a Ray task would first start a process and import them all).
-    On a cluster each is a Ray task with a trial's resources, e.g. a GPU, wherever the
-    checkpoint lives."""
+    It evaluates one after the other with the threads of all the trials the sweep ran at once
+    (``local_eval_threads``): the search is over, and those CPUs would idle otherwise. On a
+    cluster each is a Ray task with a trial's resources, e.g. a GPU, wherever the checkpoint
+    lives."""
     import ray
 
     cache_uri = f"{cfg.sweep_dir}/{TEST_CACHE}"
@@ -190,8 +200,10 @@ def evaluate_winners(cfg: SweepConfig, winners: dict[str, tuple[Any, dict]]) -> 
         if t not in cache or (second[t] is not None and f"{M.TEST_ACR}_{second[t]}" not in cache[t])
     }
     if todo and cfg.address is None:
+        threads = local_eval_threads(cfg)
         for t, (ck, config) in todo.items():
-            cache[t] = evaluate_checkpoint(ck, cfg.trial(config), cfg.device, second[t])
+            train = cfg.trial(config).replace(threads=threads)
+            cache[t] = evaluate_checkpoint(ck, train, cfg.device, second[t])
             write_text(cache_uri, json.dumps(cache, indent=2))  # nothing computed is lost
     elif todo:
         task = ray.remote(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)(evaluate_checkpoint)

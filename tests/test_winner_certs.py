@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import pytest
 import torch
@@ -90,10 +91,11 @@ def test_cached_entries_without_the_second_figures_are_redone(in_tmp, monkeypatc
     sweep_dir.mkdir()
     cached = {"old": {M.TEST_ACR: 0.1}, "new": {M.TEST_ACR: 0.2, "test_acr_best": 0.3}}
     (sweep_dir / ev.TEST_CACHE).write_text(json.dumps(cached))
-    calls = []
+    calls, threads = [], []
 
     def fake(ck, train, device, second=None):
         calls.append((ck, second))
+        threads.append(train.threads)
         return {M.TEST_ACR: 0.1, "test_acr_best": 0.4}
 
     monkeypatch.setattr(ev, "evaluate_checkpoint", fake)
@@ -101,5 +103,7 @@ def test_cached_entries_without_the_second_figures_are_redone(in_tmp, monkeypatc
         cfg, {"old": ("ck-old", {"method": "ibp"}), "new": ("ck-new", {"method": "ibp"})}
     )
     assert calls == [("ck-old", "best")]
+    # the driver evaluates with the threads of the trials that ran at once (the search is over)
+    assert threads == [ev.local_eval_threads(cfg)] == [min(os.cpu_count() or 1, cfg.max_concurrent)]
     assert out["old"]["test_acr_best"] == 0.4 and out["new"]["test_acr_best"] == 0.3
     assert json.loads((sweep_dir / ev.TEST_CACHE).read_text())["old"]["test_acr_best"] == 0.4
