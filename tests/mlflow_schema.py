@@ -51,6 +51,8 @@ def _once(original):
         if path is None or sqlalchemy.inspect(engine).get_table_names():
             return original(engine)
         with _LOCK:
+            if sqlalchemy.inspect(engine).get_table_names():  # another thread built it meanwhile
+                return None
             if _STATE["template"] is None:
                 original(engine)
                 engine.dispose()
@@ -59,8 +61,8 @@ def _once(original):
                 _copy(path, folder / "schema.db")
                 _STATE["template"] = folder / "schema.db"
                 return None
-        engine.dispose()
-        _copy(_STATE["template"], path)
+            engine.dispose()
+            _copy(_STATE["template"], path)
         return None
 
     return initialize
