@@ -15,6 +15,7 @@ import pytest
 
 from tests.gate import GATED_METHOD as GATED
 from tests.gate import Gate
+from tests.mlflow_schema import new_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = str(Path(__file__).resolve().parents[1])
@@ -102,7 +103,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     that went through is finished in Tune's saved state: the resume loses and repeats nothing."""
     from tests.cluster.records import saved_after, saved_trials
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_database(tmp_path / "mlflow.db")  # MLflow's tables, made here once a session
     gate = Gate(tmp_path / "gate")
     env = {**os.environ, **gate.env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": REPO}
     log = tmp_path / "driver.log"
@@ -174,7 +175,7 @@ def test_kills_in_the_closing_work_resume_to_one_record_each(tmp_path):
     argv = ["--dataset", "synthetic", "--accs", "0.3,0.4", "--trials", "3", "--epochs", "3", "--name", "k2",
             "--synthetic-size", "512", "--val-acr-samples", "50", "--max-concurrent", "2", "--threads", "1",
             "--scheduler", "none"]  # fmt: skip
-    out = run_driver([*argv, "--tracking-uri", f"sqlite:///{old_db}"], tmp_path, env, "after-trials")
+    out = run_driver([*argv, "--tracking-uri", new_database(old_db)], tmp_path, env, "after-trials")
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     assert "[kill point] after-trials" in out.stderr
     shutil.copy(old_db, new_db)  # the database moves; the resume is told the new URI
@@ -219,7 +220,7 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     """SIGINT (Ctrl+C) during the first method's search: Ray Tune saves and ends that search,
     and the sweep stops there (exit 130, the resume command printed) instead of going on to the
     next method and publishing a frontier of an unfinished search; --resume then finishes both."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_database(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     gate = Gate(tmp_path / "gate")
     env.update(gate.env, PYTHONPATH=REPO)
@@ -263,7 +264,7 @@ def test_a_driver_killed_in_the_confirm_stage_resumes_without_retraining(tmp_pat
     """SIGKILL after a confirm round trained, before its retrains were certified or recorded:
     --resume restores the round from its Tune experiment (no retrain trains again, no search
     trial either) and records each retrain once."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_database(tmp_path / "mlflow.db")
     builds = tmp_path / "builds.txt"  # one line per training run (tests/lucky_method.py)
     env = {**os.environ, "PYTHONPATH": REPO, "LUCKY_BUILD_LOG": str(builds)}
     argv = ["--dataset", "synthetic", "--accs", "0.3", "--methods", "lucky-ibp", "--plugins",
