@@ -140,6 +140,7 @@ def test_sigterm_to_the_driver_stops_it_like_ctrl_c_and_resume_finishes(place):
     from mlflow.tracking import MlflowClient
 
     from tests.gate import Gate
+    from tests.mlflow_schema import new_database
 
     gate = Gate(place / "gate")
     env = {**os.environ, **gate.env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -148,6 +149,7 @@ def test_sigterm_to_the_driver_stops_it_like_ctrl_c_and_resume_finishes(place):
             "--plugins", "tests.gated_method", "--max-concurrent", "1", "--scheduler", "none",
             "--val-acr-samples", "20", "--test-samples", "50", "--no-register"]  # fmt: skip
     log = place / "driver.log"
+    new_database(place / "mlflow.db")  # the default tracking URI's tables, made here once a session
     cmd = [sys.executable, "-m", "orchestrator.sweep", *argv]
     try:
         with open(log, "w") as f:
