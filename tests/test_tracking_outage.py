@@ -27,6 +27,7 @@ import pytest
 
 from tests.gate import GATED_METHOD as NAME
 from tests.gate import Gate
+from tests.mlflow_schema import new_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TRIALS = 3
@@ -168,6 +169,7 @@ def check_record(uri: str, tmp: Path) -> None:
 @pytest.fixture
 def setting(tmp_path):
     server = Server(tmp_path)
+    new_database(tmp_path / "server.db")  # MLflow's tables, made in this process once a session
     server.start()
     gate = Gate(tmp_path / "gate")
     env = {
