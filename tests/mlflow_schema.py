@@ -9,8 +9,8 @@ database with any table and a non-file URI are left to MLflow. The project's cod
 either way.
 
 Other processes (a sweep driver a test starts, ``mlflow server``) do not load this: a test that
-starts one on a new database may create it here first with :func:`new_database`, which is what
-the driver's first MLflow call would have made of it.
+starts one on a new database may make it here first with :func:`new_database` (the tables only;
+the process adds its default experiment as it would to a database it had built).
 """
 
 from __future__ import annotations
@@ -89,11 +89,18 @@ def install_if_loaded() -> None:
 
 
 def new_database(path: Path) -> str:
-    """A new SQLite tracking database at ``path`` with MLflow's tables and default experiment, as
-    a driver's first MLflow call makes it, for a driver started in another process; its URI."""
-    from mlflow.tracking import MlflowClient
-
+    """A new SQLite tracking database at ``path`` holding MLflow's tables and nothing else (a copy
+    of the template), for a process that a test starts on it (a sweep driver, ``mlflow server``):
+    that process finds the tables and goes on as with a database it had built. Returns its URI."""
     install()
-    uri = f"sqlite:///{path}"
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    return uri
+    with _LOCK:
+        template = _STATE["template"]
+    if template is None:  # built by MLflow, through the wrapped builder, on a throwaway database
+        from mlflow.tracking import MlflowClient
+
+        first = Path(tempfile.mkdtemp(prefix="mlflow-first-"))
+        atexit.register(shutil.rmtree, first, ignore_errors=True)
+        MlflowClient(tracking_uri=f"sqlite:///{first / 'mlflow.db'}").search_experiments(max_results=1)
+        template = _STATE["template"]
+    _copy(template, path)
+    return f"sqlite:///{path}"
