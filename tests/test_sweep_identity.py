@@ -149,7 +149,7 @@ def test_sigterm_to_the_driver_stops_it_like_ctrl_c_and_resume_finishes(place):
             "--plugins", "tests.gated_method", "--max-concurrent", "1", "--scheduler", "none",
             "--val-acr-samples", "20", "--test-samples", "50", "--no-register"]  # fmt: skip
     log = place / "driver.log"
-    new_database(place / "mlflow.db")  # the default tracking URI's tables, made here once a session
+    new_database(place / "mlflow.db")  # the default tracking URI's tables, from the template
     cmd = [sys.executable, "-m", "orchestrator.sweep", *argv]
     try:
         with open(log, "w") as f:

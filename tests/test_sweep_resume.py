@@ -103,7 +103,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     that went through is finished in Tune's saved state: the resume loses and repeats nothing."""
     from tests.cluster.records import saved_after, saved_trials
 
-    uri = new_database(tmp_path / "mlflow.db")  # MLflow's tables, made here once a session
+    uri = new_database(tmp_path / "mlflow.db")  # MLflow's tables, from the session's template
     gate = Gate(tmp_path / "gate")
     env = {**os.environ, **gate.env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": REPO}
     log = tmp_path / "driver.log"

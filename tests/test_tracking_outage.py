@@ -169,7 +169,7 @@ def check_record(uri: str, tmp: Path) -> None:
 @pytest.fixture
 def setting(tmp_path):
     server = Server(tmp_path)
-    new_database(tmp_path / "server.db")  # MLflow's tables, made in this process once a session
+    new_database(tmp_path / "server.db")  # MLflow's tables, from the session's template
     server.start()
     gate = Gate(tmp_path / "gate")
     env = {
