@@ -47,7 +47,7 @@ class ACERTParams:
         "exact",
         "ACERT: exact (root-solve every sample's radius every batch, as the paper) or warm (carry "
         "each sample's radius across epochs and update it from the pass the loss makes: about half "
-        "the epoch time after the ramp, but a few % less robust than exact, docs/benchmarks.md §2b)",
+        "the epoch time after the ramp, but a few %% less robust than exact, docs/benchmarks.md §2b)",
     )
     warm_overshoot: float = setting(
         0.0,
