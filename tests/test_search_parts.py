@@ -66,7 +66,24 @@ def test_suggestions_are_those_of_the_searcher_before_the_split(search):
     s = TargetSearcher(
         get_space("acert"), CTX, (0.65, 0.72, 0.8), 30, study_prefix="pin", seed=3, search=kind
     )
-    assert json.loads(json.dumps(drive(s, 30, 4))) == expected
+    assert same_configs(json.loads(json.dumps(drive(s, 30, 4))), expected)
+
+
+def same_configs(got: list, expected: list) -> bool:
+    """The same configurations up to the last bits of a float: a kappa drawn as 1 - exp(u)
+    differs in its 16th digit between numpy builds."""
+    if len(got) != len(expected):
+        return False
+    for g, e in zip(got, expected):
+        if g.keys() != e.keys():
+            return False
+        for k, v in e.items():
+            if isinstance(v, float) and not isinstance(g[k], bool):
+                if g[k] != pytest.approx(v, rel=1e-12):
+                    return False
+            elif g[k] != v:
+                return False
+    return True
 
 
 def test_a_checkpoint_of_the_searcher_before_the_split_resumes_as_it_would_have():
@@ -76,7 +93,7 @@ def test_a_checkpoint_of_the_searcher_before_the_split_resumes_as_it_would_have(
     r = TargetSearcher.__new__(TargetSearcher)
     r.restore(str(FIXTURES / "searcher_v2.pkl"))
     assert r.n_suggested == 12 and r.search == "targets"
-    assert json.loads(json.dumps([r.suggest(f"t{i}") for i in range(12, 16)])) == expected["next"]
+    assert same_configs(json.loads(json.dumps([r.suggest(f"t{i}") for i in range(12, 16)])), expected["next"])
     for tid, cfg in expected["in_flight"].items():  # the trials in flight are still told
         r.on_trial_complete(tid, outcome(int(tid[1:]), cfg))
     assert all(r.on_trial_complete(t, None) is None for t in expected["in_flight"])  # once
